@@ -1,0 +1,49 @@
+# distilldetect — the two commands of the README are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+STAMP := $(VENV)/.installed
+EXTRAS ?= dev
+DEMO_ARGS ?=
+
+.PHONY: setup data test lint demo bench bench-reference clean
+
+setup: $(STAMP) data
+
+# Install torch's CPU build first (from this machine's disk); a bare `torch`
+# requirement would otherwise pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	$(PIP) install torch==2.13.0 2>&1 | grep -v '^WARNING: Location' || true
+	$(PIP) install -e '.[$(EXTRAS)]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -c "import torch, distilldetect" && touch $(STAMP)
+
+# Fashion-MNIST from Debian when missing (root + apt-get); otherwise the loader downloads it.
+data:
+	@if [ ! -f $(FMNIST_DIR)/t10k-images-idx3-ubyte.gz ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+	      && echo "installed dataset-fashion-mnist" \
+	      || echo "warning: could not install dataset-fashion-mnist; the loader will download the data"; \
+	  else echo "note: $(FMNIST_DIR) missing and apt-get unusable; the loader will download the data"; fi; \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint
+	$(PY) -m pytest -n 2 --dist loadfile
+
+demo: setup
+	$(PY) scripts/quickstart.py $(DEMO_ARGS)
+
+bench: setup
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

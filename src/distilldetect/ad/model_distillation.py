@@ -1,0 +1,582 @@
+"""ModelDistillation: adversarial / harmful-input detection by model distillation.
+
+Framework-free: models are reached through :mod:`distilldetect.backends`, the score maths
+lives in :mod:`distilldetect.losses`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import numbers
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .. import losses
+from ..backends import framework_of, get_backend, inference
+from ..base import (
+    BaseDetector,
+    check_array,
+    check_batch_size,
+    check_callable,
+    check_positive_float,
+    check_positive_int,
+    check_probabilities,
+    check_seed,
+    describe,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..cd.ks import KSDrift
+
+__all__ = ["ModelDistillation", "DEFAULT_BATCH_SIZE"]
+
+logger = logging.getLogger(__name__)
+
+#: Default number of instances per forward pass in ``score``/``predict``/``infer_threshold``.
+#: Scores do not depend on it; memory and speed do.
+DEFAULT_BATCH_SIZE: int = 256
+
+# Framework exceptions raised by a model that cannot digest a batch (wrong shape, dtype...).
+_MODEL_ERRORS = (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError)
+
+
+class ModelDistillation(BaseDetector):
+    """Detect adversarial (harmful) instances with a distilled copy of a classifier.
+
+    A small *distilled* model (the student) is trained on unlabelled data to reproduce the
+    classifier's (the teacher's) output distribution. The distillation loss between the two
+    on an instance is its harmfulness score: large where the classifier is pushed into errors
+    that the student does not share. Instances scoring above ``threshold`` are flagged.
+
+    Parameters
+    ----------
+    threshold
+        Score above which an instance is flagged; set it later with :meth:`infer_threshold`.
+    distilled_model
+        The student: a ``torch.nn.Module`` or a ``tf.keras`` model returning class
+        probabilities. It is trained in place by :meth:`fit`.
+    model
+        The teacher (the classifier to protect): a ``torch.nn.Module``, a ``tf.keras`` model or
+        any callable mapping a numpy batch to an ``(n, k)`` array of class probabilities
+        (e.g. ``sklearn_model.predict_proba``). It is only ever run in inference mode without
+        gradients; its weights are never modified.
+    loss_type
+        ``'kld'`` (Kullback-Leibler divergence, default) or ``'xent'`` (cross-entropy).
+    temperature
+        Temperature ``T > 0`` applied to the teacher's probabilities: ``p ** (1/T)``,
+        renormalised. ``T < 1`` sharpens, ``T > 1`` flattens.
+    data_type
+        Optional free-form description of the data ('image', 'tabular', ...), kept in ``meta``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> teacher = torch.nn.Sequential(torch.nn.Linear(8, 3), torch.nn.Softmax(dim=-1))
+    >>> student = torch.nn.Sequential(torch.nn.Linear(8, 3), torch.nn.Softmax(dim=-1))
+    >>> X = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+    >>> ad = ModelDistillation(distilled_model=student, model=teacher)
+    >>> ad = ad.fit(X, epochs=2, verbose=False, seed=0)
+    >>> ad.infer_threshold(X, threshold_perc=95)
+    >>> sorted(ad.predict(X)["data"])
+    ['instance_score', 'is_adversarial']
+    """
+
+    meta_name = "ModelDistillation"
+    detector_type = "adversarial"
+    online = False
+
+    def __init__(
+        self,
+        threshold: float | None = None,
+        distilled_model: Any = None,
+        model: Any = None,
+        loss_type: str = "kld",
+        temperature: float = 1.0,
+        data_type: str | None = None,
+    ) -> None:
+        super().__init__(data_type)
+        if model is None:
+            raise ValueError(
+                "model (the classifier to protect) is required: a torch.nn.Module, a tf.keras "
+                "model or a callable returning class probabilities"
+            )
+        if distilled_model is None:
+            raise ValueError(
+                "distilled_model is required: a small torch.nn.Module or tf.keras model "
+                "returning class probabilities, trained by fit()"
+            )
+        teacher_framework = framework_of(model)
+        student_framework = framework_of(distilled_model)
+        if student_framework == "callable":
+            raise TypeError(
+                "distilled_model must be trainable: a torch.nn.Module or a tf.keras model, got "
+                f"{describe(distilled_model)}"
+            )
+        if not isinstance(loss_type, str) or loss_type not in losses.LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {losses.LOSS_TYPES}, got {loss_type!r}")
+        self.threshold = _check_threshold(threshold)
+        self.distilled_model = distilled_model
+        self.model = model
+        self.loss_type = loss_type
+        self.temperature = check_positive_float(temperature, "temperature")
+        self.teacher_framework = teacher_framework
+        self.student_framework = student_framework
+        self.input_shape: tuple[int, ...] | None = None
+        self.history: list[dict[str, float]] = []
+        self.meta["backend"] = student_framework
+        self.meta["teacher_backend"] = teacher_framework
+
+    # ------------------------------------------------------------------ checks
+    def _check_X(self, X: Any, name: str = "X") -> np.ndarray:
+        X = check_array(X, name, min_ndim=2)
+        if self.input_shape is not None and tuple(X.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"{name} has instances of shape {tuple(X.shape[1:])}, but the detector was "
+                f"fitted on instances of shape {self.input_shape}"
+            )
+        return X
+
+    def _check_teacher_probs(self, teacher_probs: Any, n: int) -> np.ndarray | None:
+        if teacher_probs is None:
+            return None
+        return check_probabilities(teacher_probs, "teacher_probs", n_rows=n)
+
+    @staticmethod
+    def _forward(forward: Callable, x: np.ndarray, role: str) -> np.ndarray:
+        """Run one batch through a model, turning framework errors into a clear ValueError."""
+        try:
+            out = forward(x)
+        except _MODEL_ERRORS as err:
+            raise ValueError(
+                f"{role} could not process a batch of shape {x.shape} and dtype {x.dtype}; "
+                f"check that X matches the model's expected input. The model said: {err}"
+            ) from err
+        if isinstance(out, tuple):
+            raise TypeError(
+                f"{role} must return one array of probabilities, got {len(out)} outputs"
+            )
+        return check_probabilities(out, f"{role} outputs", n_rows=len(x))
+
+    def _check_classes(self, p: np.ndarray, q: np.ndarray) -> None:
+        if p.shape[1] != q.shape[1]:
+            raise ValueError(
+                f"model (teacher) returns {p.shape[1]} classes but distilled_model returns "
+                f"{q.shape[1]}; both must predict the same classes"
+            )
+
+    # --------------------------------------------------------------- scoring
+    @contextlib.contextmanager
+    def _sessions(self) -> Iterator[tuple[Callable, Callable]]:
+        with inference(self.model) as teacher, inference(self.distilled_model) as student:
+            yield teacher, student
+
+    def _iter_probs(
+        self, X: np.ndarray, batch_size: int, teacher_probs: np.ndarray | None
+    ) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+        """Yield (rows, sharpened teacher probabilities, student probabilities) per batch."""
+        with self._sessions() as (teacher, student):
+            for start in range(0, len(X), batch_size):
+                rows = slice(start, min(start + batch_size, len(X)))
+                x = X[rows]
+                if teacher_probs is None:
+                    p = self._forward(teacher, x, "model (teacher)")
+                else:
+                    p = teacher_probs[rows]
+                q = self._forward(student, x, "distilled_model (student)")
+                self._check_classes(p, q)
+                yield rows, losses.sharpen(p, self.temperature), q
+
+    def score(
+        self,
+        X: np.ndarray,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        return_predictions: bool = False,
+        *,
+        teacher_probs: np.ndarray | None = None,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Harmfulness score of each instance: the distillation loss teacher → student.
+
+        Parameters
+        ----------
+        X
+            Batch of instances, in the layout the models expect.
+        batch_size
+            Instances per forward pass; scores do not depend on it.
+        return_predictions
+            Also return the sharpened teacher probabilities and the student probabilities.
+        teacher_probs
+            Precomputed raw teacher probabilities ``(n, k)`` for ``X`` (as a monitoring system
+            logs them); the teacher is then not run. Temperature is still applied.
+
+        Returns
+        -------
+        numpy.ndarray or tuple
+            Float64 scores ``(n,)``; with ``return_predictions`` the tuple
+            ``(scores, teacher_probs_sharpened, student_probs)``.
+
+        Examples
+        --------
+        >>> scores = ad.score(X)  # doctest: +SKIP
+        """
+        X = self._check_X(X)
+        batch_size = check_batch_size(batch_size)
+        teacher_probs = self._check_teacher_probs(teacher_probs, len(X))
+        scores = np.empty(len(X), dtype=np.float64)
+        p_all = q_all = None
+        for rows, p, q in self._iter_probs(X, batch_size, teacher_probs):
+            scores[rows] = losses.distillation_score(p, q, self.loss_type, temperature=1.0)
+            if return_predictions:
+                if p_all is None:
+                    p_all = np.empty((len(X), p.shape[1]), dtype=p.dtype)
+                    q_all = np.empty((len(X), q.shape[1]), dtype=q.dtype)
+                p_all[rows] = p
+                q_all[rows] = q
+        if return_predictions:
+            return scores, p_all, q_all
+        return scores
+
+    def infer_threshold(
+        self,
+        X: np.ndarray,
+        threshold_perc: float = 99.0,
+        margin: float = 0.0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        *,
+        teacher_probs: np.ndarray | None = None,
+    ) -> None:
+        """Set ``threshold`` to the ``threshold_perc`` percentile of the scores of ``X`` + ``margin``.
+
+        ``X`` should be normal (clean) data: about ``100 - threshold_perc`` percent of it is
+        flagged afterwards.
+
+        Examples
+        --------
+        >>> ad.infer_threshold(X_clean, threshold_perc=99)  # doctest: +SKIP
+        """
+        if isinstance(threshold_perc, bool) or not isinstance(threshold_perc, numbers.Real):
+            raise TypeError(
+                f"threshold_perc must be a number in [0, 100], got {describe(threshold_perc)}"
+            )
+        if not 0 <= threshold_perc <= 100:
+            raise ValueError(f"threshold_perc must be in [0, 100], got {threshold_perc}")
+        if (
+            isinstance(margin, bool)
+            or not isinstance(margin, numbers.Real)
+            or not math.isfinite(margin)
+        ):
+            raise TypeError(f"margin must be a finite number, got {describe(margin)}")
+        scores = self.score(X, batch_size=batch_size, teacher_probs=teacher_probs)
+        self.threshold = float(np.percentile(scores, threshold_perc)) + float(margin)
+
+    def predict(
+        self,
+        X: np.ndarray,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        return_instance_score: bool = True,
+        *,
+        teacher_probs: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        """Flag instances whose score exceeds ``threshold``.
+
+        Returns
+        -------
+        dict
+            ``{'meta': meta, 'data': {'is_adversarial': int array (n,), 'instance_score':
+            float array (n,) or None}}``.
+
+        Examples
+        --------
+        >>> ad.predict(X)["data"]["is_adversarial"]  # doctest: +SKIP
+        array([0, 1, 0])
+        """
+        if self.threshold is None:
+            raise ValueError(
+                "no threshold is set: call infer_threshold(X_normal) first or pass threshold= "
+                "to ModelDistillation"
+            )
+        threshold = _check_threshold(self.threshold)
+        scores = self.score(X, batch_size=batch_size, teacher_probs=teacher_probs)
+        data = {
+            "is_adversarial": (scores > threshold).astype(int),
+            "instance_score": scores if return_instance_score else None,
+        }
+        return self._prediction(data)
+
+    # ------------------------------------------------------------------- fit
+    def fit(
+        self,
+        X: np.ndarray,
+        loss_fn: Callable | None = None,
+        optimizer: Any = None,
+        epochs: int = 20,
+        batch_size: int = 128,
+        verbose: bool = True,
+        log_metric: tuple[str, Callable[[np.ndarray, np.ndarray], float]] | None = None,
+        callbacks: Sequence[Callable[[int, dict[str, float]], Any]] | None = None,
+        preprocess_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+        *,
+        seed: int | None = None,
+        learning_rate: float | None = None,
+        teacher_probs: np.ndarray | None = None,
+    ) -> ModelDistillation:
+        """Train the distilled model to reproduce the teacher's outputs on unlabelled ``X``.
+
+        The teacher's probabilities are computed once and cached (``n x k`` floats) unless a
+        ``preprocess_fn`` is given, in which case the teacher runs on every preprocessed batch
+        (the preprocessing may be random).
+
+        Parameters
+        ----------
+        X
+            Unlabelled training instances.
+        loss_fn
+            None for the distillation loss of ``loss_type`` (mean over the batch), or a
+            framework function ``loss_fn(teacher_probs, student_probs) -> scalar`` taking
+            tensors of the student's framework.
+        optimizer
+            None for Adam, an optimizer class of the student's framework (built on its
+            trainable parameters with ``learning_rate``) or a ready optimizer instance.
+        epochs, batch_size
+            Passes over ``X`` and instances per step; minibatches are reshuffled every epoch.
+        verbose
+            Show a progress bar per epoch with the running loss (and metric).
+        log_metric
+            Optional ``(name, fn)``; ``fn(teacher_probs, student_probs) -> float`` on numpy
+            arrays, averaged over each epoch and shown/logged beside the loss.
+        callbacks
+            Callables ``callback(epoch, logs)`` run after each epoch, ``logs`` holding the
+            epoch's mean ``'loss'`` (and metric). A callback returning ``True`` stops training.
+        preprocess_fn
+            Optional function applied to each numpy minibatch before both models see it.
+        seed
+            Seed for shuffling and the framework's random numbers (dropout...): the same
+            student initialisation and seed give identical weights.
+        learning_rate
+            Learning rate for an optimizer built here (Adam default 1e-3).
+        teacher_probs
+            Precomputed raw teacher probabilities for ``X``; the teacher is then not run.
+
+        Returns
+        -------
+        ModelDistillation
+            ``self``.
+
+        Examples
+        --------
+        >>> ad.fit(X_train, epochs=5, seed=0)  # doctest: +SKIP
+        """
+        X = check_array(X, "X", min_ndim=2)
+        epochs = check_positive_int(epochs, "epochs")
+        batch_size = check_batch_size(batch_size)
+        if not isinstance(verbose, (bool, np.bool_)):
+            raise TypeError(f"verbose must be a bool, got {describe(verbose)}")
+        loss_fn = check_callable(loss_fn, "loss_fn")
+        preprocess_fn = check_callable(preprocess_fn, "preprocess_fn")
+        seed = check_seed(seed)
+        if learning_rate is not None:
+            learning_rate = check_positive_float(learning_rate, "learning_rate")
+        metric_name, metric_fn = _check_log_metric(log_metric)
+        callbacks = _check_callbacks(callbacks)
+        if preprocess_fn is not None and teacher_probs is not None:
+            raise ValueError(
+                "teacher_probs cannot be combined with preprocess_fn: the teacher must see the "
+                "preprocessed batches"
+            )
+        teacher_probs = self._check_teacher_probs(teacher_probs, len(X))
+
+        backend = get_backend(self.student_framework)
+        if backend.n_trainable_parameters(self.distilled_model) == 0:
+            raise ValueError("distilled_model has no trainable parameters; nothing to fit")
+
+        # Probe both models on two instances so that any shape or output problem is reported
+        # here, before the teacher cache is built or a training step runs.
+        probe = X[:2] if preprocess_fn is None else _preprocess(preprocess_fn, X[:2])
+        with self._sessions() as (teacher, student):
+            q0 = self._forward(student, probe, "distilled_model (student)")
+            p0 = (
+                teacher_probs[:2]
+                if teacher_probs is not None
+                else self._forward(teacher, probe, "model (teacher)")
+            )
+        self._check_classes(p0, q0)
+
+        cache = None
+        if preprocess_fn is None:
+            if teacher_probs is None:
+                teacher_probs = self._teacher_probs(X, max(batch_size, DEFAULT_BATCH_SIZE), verbose)
+            cache = losses.sharpen(teacher_probs, self.temperature).astype(np.float32, copy=False)
+
+        trainer = backend.Trainer(
+            self.distilled_model,
+            optimizer=optimizer,
+            learning_rate=learning_rate,
+            loss_type=self.loss_type,
+            loss_fn=loss_fn,
+            seed=seed,
+        )
+        rng = np.random.default_rng(seed)
+        n = len(X)
+        n_batches = math.ceil(n / batch_size)
+        history: list[dict[str, float]] = []
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(trainer)
+            teacher = None
+            if cache is None:
+                teacher = stack.enter_context(inference(self.model))
+            for epoch in range(epochs):
+                order = rng.permutation(n)
+                total = metric_total = 0.0
+                seen = 0
+                bar = tqdm(
+                    range(n_batches),
+                    desc=f"Epoch {epoch + 1}/{epochs}",
+                    disable=not verbose,
+                    leave=True,
+                )
+                for b in bar:
+                    idx = np.sort(order[b * batch_size : (b + 1) * batch_size])
+                    x = X[idx]
+                    if cache is None:
+                        x = _preprocess(preprocess_fn, x)
+                        p = losses.sharpen(
+                            self._forward(teacher, x, "model (teacher)"), self.temperature
+                        )
+                    else:
+                        p = cache[idx]
+                    loss, q = trainer.step(x, p)
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(
+                            f"the training loss became {loss} at epoch {epoch + 1}, step {b + 1}; "
+                            "lower learning_rate or check the student's outputs"
+                        )
+                    total += loss * len(idx)
+                    seen += len(idx)
+                    postfix = {"loss": total / seen}
+                    if metric_fn is not None:
+                        metric_total += float(metric_fn(p, q)) * len(idx)
+                        postfix[metric_name] = metric_total / seen
+                    if verbose:
+                        bar.set_postfix(postfix, refresh=False)
+                logs = {"loss": total / seen}
+                if metric_fn is not None:
+                    logs[metric_name] = metric_total / seen
+                history.append({"epoch": epoch + 1, **logs})
+                logger.info("epoch %d/%d: %s", epoch + 1, epochs, logs)
+                stop = [cb(epoch, dict(logs)) for cb in callbacks]
+                if any(s is True for s in stop):
+                    logger.info("training stopped by a callback after epoch %d", epoch + 1)
+                    break
+        self.history = history
+        self.input_shape = tuple(X.shape[1:]) if preprocess_fn is None else self.input_shape
+        return self
+
+    def _teacher_probs(self, X: np.ndarray, batch_size: int, verbose: bool) -> np.ndarray:
+        """Raw teacher probabilities for all of ``X``, computed in batches."""
+        out: np.ndarray | None = None
+        with inference(self.model) as teacher:
+            starts = range(0, len(X), batch_size)
+            for start in tqdm(starts, desc="Teacher outputs", disable=not verbose, leave=False):
+                x = X[start : start + batch_size]
+                p = self._forward(teacher, x, "model (teacher)")
+                if out is None:
+                    out = np.empty((len(X), p.shape[1]), dtype=np.float32)
+                out[start : start + len(x)] = p
+        assert out is not None
+        return out
+
+    # ------------------------------------------------------------ harmful drift
+    def drift_detector(
+        self,
+        x_ref: np.ndarray,
+        p_val: float = 0.05,
+        alternative: str = "greater",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        **kwargs: Any,
+    ) -> KSDrift:
+        """A Kolmogorov-Smirnov drift detector on this detector's scores: harmful drift.
+
+        Harm shows as *larger* scores, so the default ``alternative='greater'`` tests only for
+        test scores that are stochastically larger than the reference scores of ``x_ref``
+        (clean data); a two-sided test (``alternative='two-sided'``) also spends power on
+        shifts towards smaller scores, which cannot be harmful.
+
+        Parameters
+        ----------
+        x_ref
+            Clean reference instances; they are scored once, now.
+        p_val
+            Significance level of the test.
+        alternative
+            ``'greater'`` (default, harmful drift only), ``'two-sided'`` or ``'less'``.
+        batch_size
+            Batch size of the scoring.
+        **kwargs
+            Further :class:`~distilldetect.cd.KSDrift` arguments (``update_x_ref``...).
+
+        Examples
+        --------
+        >>> cd = ad.drift_detector(X_clean, p_val=0.05)  # doctest: +SKIP
+        >>> cd.predict(X_batch)["data"]["is_drift"]  # doctest: +SKIP
+        """
+        from ..cd.ks import KSDrift
+
+        batch_size = check_batch_size(batch_size)
+        return KSDrift(
+            x_ref,
+            p_val=p_val,
+            preprocess_fn=functools.partial(self.score, batch_size=batch_size),
+            alternative=alternative,
+            **kwargs,
+        )
+
+
+def _check_threshold(threshold: Any) -> float | None:
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
+        raise TypeError(f"threshold must be None or a number, got {describe(threshold)}")
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be finite, got {threshold}")
+    return float(threshold)
+
+
+def _check_log_metric(log_metric: Any) -> tuple[str, Callable | None]:
+    if log_metric is None:
+        return "", None
+    if (
+        not isinstance(log_metric, tuple)
+        or len(log_metric) != 2
+        or not isinstance(log_metric[0], str)
+        or not callable(log_metric[1])
+    ):
+        raise TypeError(
+            "log_metric must be None or a (name, fn) tuple with fn(teacher_probs, "
+            f"student_probs) -> float, got {describe(log_metric)}"
+        )
+    return log_metric[0], log_metric[1]
+
+
+def _check_callbacks(callbacks: Any) -> list[Callable]:
+    if callbacks is None:
+        return []
+    if callable(callbacks):
+        callbacks = [callbacks]
+    if not isinstance(callbacks, (list, tuple)) or not all(callable(c) for c in callbacks):
+        raise TypeError(f"callbacks must be None or a list of callables, got {describe(callbacks)}")
+    return list(callbacks)
+
+
+def _preprocess(preprocess_fn: Callable, x: np.ndarray) -> np.ndarray:
+    out = preprocess_fn(x)
+    if not isinstance(out, np.ndarray) or len(out) != len(x):
+        raise TypeError(
+            f"preprocess_fn must return a numpy array with one row per instance ({len(x)}), "
+            f"got {describe(out)}"
+        )
+    return check_array(out, "preprocess_fn output")

@@ -1,0 +1,254 @@
+"""PyTorch backend: batched inference to numpy, the student's training step, the loss in torch.
+
+Models receive float tensors built from the numpy batch without reordering axes: a model for
+images stored as ``(n, h, w, c)`` must accept that layout (the models of
+:mod:`distilldetect.backends.pytorch_models` do, and run channels-last internally).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..base import describe
+from ..losses import EPSILON, LOSS_TYPES
+
+__all__ = [
+    "is_model",
+    "inference",
+    "n_trainable_parameters",
+    "model_dtype",
+    "to_tensor",
+    "distillation_loss",
+    "Trainer",
+]
+
+
+def is_model(obj: Any) -> bool:
+    """Whether ``obj`` is a ``torch.nn.Module``."""
+    return isinstance(obj, torch.nn.Module)
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The floating dtype of the model's first floating parameter or buffer (float32 if none)."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU if none)."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def to_tensor(
+    x: np.ndarray, dtype: torch.dtype, device: torch.device | None = None
+) -> torch.Tensor:
+    """A tensor of ``dtype`` with the contents of ``x`` (zero-copy when dtype and layout allow)."""
+    if not x.flags.writeable:
+        x = np.array(x)  # torch.from_numpy warns on read-only (e.g. memory-mapped) arrays
+    tensor = torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
+    return tensor if device is None else tensor.to(device)
+
+
+def _to_numpy(out: Any) -> np.ndarray | tuple[np.ndarray, ...]:
+    if isinstance(out, torch.Tensor):
+        return out.detach().cpu().numpy()
+    if isinstance(out, (tuple, list)) and all(isinstance(o, torch.Tensor) for o in out):
+        return tuple(o.detach().cpu().numpy() for o in out)
+    raise TypeError(
+        f"a torch model must return a tensor or a tuple of tensors, got {describe(out)}"
+    )
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode for the duration of the block, then restore each submodule."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextlib.contextmanager
+def inference(model: torch.nn.Module) -> Iterator[Callable[[np.ndarray], Any]]:
+    """Yield ``forward(x) -> numpy`` running ``model`` in eval mode without autograd.
+
+    The model's weights and ``requires_grad`` flags are untouched; its training mode is
+    restored when the block exits.
+
+    Examples
+    --------
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Softmax(dim=-1))
+    >>> with inference(net) as forward:
+    ...     forward(np.zeros((4, 3), dtype=np.float32)).shape
+    (4, 2)
+    """
+    dtype = model_dtype(model)
+    device = model_device(model)
+
+    def forward(x: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        return _to_numpy(model(to_tensor(x, dtype, device)))
+
+    with eval_mode(model), torch.inference_mode():
+        yield forward
+
+
+def n_trainable_parameters(model: torch.nn.Module) -> int:
+    """Number of trainable scalars in ``model``."""
+    return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
+def distillation_loss(p: torch.Tensor, q: torch.Tensor, loss_type: str = "kld") -> torch.Tensor:
+    """Per-instance distillation loss between teacher ``p`` and student ``q`` probabilities.
+
+    The torch twin of :func:`distilldetect.losses.kld` / :func:`~distilldetect.losses.xent`
+    (same clipping); temperature sharpening is applied to ``p`` before this call.
+
+    Examples
+    --------
+    >>> p = torch.tensor([[0.5, 0.5]])
+    >>> float(distillation_loss(p, p))
+    0.0
+    """
+    if loss_type == "kld":
+        p = p.clamp(EPSILON, 1.0)
+        q = q.clamp(EPSILON, 1.0)
+        return (p * (p.log() - q.log())).sum(dim=-1)
+    if loss_type == "xent":
+        q = (q / q.sum(dim=-1, keepdim=True)).clamp(EPSILON, 1.0 - EPSILON)
+        return -(p * q.log()).sum(dim=-1)
+    raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+
+
+def _regularization(student: torch.nn.Module) -> torch.Tensor | None:
+    reg = getattr(student, "regularization_loss", None)
+    if callable(reg):
+        value = reg()
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            raise TypeError(
+                "distilled_model.regularization_loss() must return a scalar tensor, "
+                f"got {describe(value)}"
+            )
+        return value.reshape(())
+    return None
+
+
+def _build_optimizer(
+    student: torch.nn.Module, optimizer: Any, learning_rate: float | None
+) -> torch.optim.Optimizer:
+    params = [p for p in student.parameters() if p.requires_grad]
+    if optimizer is None:
+        return torch.optim.Adam(params, lr=1e-3 if learning_rate is None else learning_rate)
+    if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
+        if learning_rate is None:
+            return optimizer(params)
+        return optimizer(params, lr=learning_rate)
+    if isinstance(optimizer, torch.optim.Optimizer):
+        if learning_rate is not None:
+            raise ValueError(
+                "learning_rate applies only when optimizer is a class; the given optimizer "
+                "instance already has its learning rate"
+            )
+        owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if not owned.intersection(id(p) for p in params):
+            raise ValueError(
+                "optimizer does not hold any parameter of distilled_model; build it on "
+                "distilled_model.parameters() or pass the optimizer class instead"
+            )
+        return optimizer
+    raise TypeError(
+        "optimizer must be None, a torch.optim.Optimizer subclass or instance for a torch "
+        f"distilled_model, got {describe(optimizer)}"
+    )
+
+
+class Trainer:
+    """One optimisation step at a time of the distillation loss for a torch student.
+
+    Used as a context manager: on entry the student goes to train mode and, when ``seed`` is
+    given, torch's global random state is forked and seeded (so dropout is reproducible and the
+    caller's random state is left as it was); on exit both are restored.
+
+    Parameters
+    ----------
+    student
+        The distilled model, returning probabilities.
+    optimizer
+        None (Adam), an optimizer class or a ready optimizer instance.
+    learning_rate
+        Learning rate for an optimizer built here (default 1e-3 for Adam).
+    loss_type
+        ``'kld'`` or ``'xent'``, used when ``loss_fn`` is None.
+    loss_fn
+        Optional ``loss_fn(teacher_probs, student_probs) -> scalar tensor`` replacing the mean
+        distillation loss.
+    seed
+        Seed for torch's random numbers during training.
+    """
+
+    def __init__(
+        self,
+        student: torch.nn.Module,
+        optimizer: Any = None,
+        learning_rate: float | None = None,
+        loss_type: str = "kld",
+        loss_fn: Callable | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.student = student
+        self.optimizer = _build_optimizer(student, optimizer, learning_rate)
+        self.loss_type = loss_type
+        self.loss_fn = loss_fn
+        self.seed = seed
+        self.dtype = model_dtype(student)
+        self.device = model_device(student)
+        self._stack: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> Trainer:
+        stack = contextlib.ExitStack()
+        if self.seed is not None:
+            stack.enter_context(torch.random.fork_rng(devices=[]))
+            torch.manual_seed(self.seed)
+        was_training = self.student.training
+        stack.callback(self.student.train, was_training)
+        self.student.train()
+        self._stack = stack
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+    def step(self, x: np.ndarray, teacher_probs: np.ndarray) -> tuple[float, np.ndarray]:
+        """Run one step on a minibatch; return the batch loss and the student's probabilities."""
+        xt = to_tensor(x, self.dtype, self.device)
+        pt = to_tensor(teacher_probs, self.dtype, self.device)
+        q = self.student(xt)
+        if not isinstance(q, torch.Tensor):
+            raise TypeError(f"distilled_model must return a tensor, got {describe(q)}")
+        if self.loss_fn is None:
+            loss = distillation_loss(pt, q, self.loss_type).mean()
+        else:
+            loss = self.loss_fn(pt, q)
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise TypeError(f"loss_fn must return a scalar tensor, got {describe(loss)}")
+            loss = loss.reshape(())
+        reg = _regularization(self.student)
+        if reg is not None:
+            loss = loss + reg
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach()), q.detach().cpu().numpy()
