@@ -98,9 +98,11 @@ def inference(model: torch.nn.Module) -> Iterator[Callable[[np.ndarray], Any]]:
     device = model_device(model)
 
     def forward(x: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
-        return _to_numpy(model(to_tensor(x, dtype, device)))
+        # inference mode per call, not for the whole block: a student may train in between
+        with torch.inference_mode():
+            return _to_numpy(model(to_tensor(x, dtype, device)))
 
-    with eval_mode(model), torch.inference_mode():
+    with eval_mode(model):
         yield forward
 
 
