@@ -106,6 +106,11 @@ def inference(model: torch.nn.Module) -> Iterator[Callable[[np.ndarray], Any]]:
         yield forward
 
 
+def manual_seed(seed: int) -> None:
+    """Seed torch's global random number generator (e.g. before building a model)."""
+    torch.manual_seed(seed)
+
+
 def n_trainable_parameters(model: torch.nn.Module) -> int:
     """Number of trainable scalars in ``model``."""
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
@@ -254,3 +259,76 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         return float(loss.detach()), q.detach().cpu().numpy()
+
+
+def train_classifier(
+    model: torch.nn.Module,
+    X: np.ndarray,
+    y: np.ndarray,
+    epochs: int = 5,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+    seed: int | None = None,
+    verbose: bool = True,
+    desc: str = "Teacher",
+) -> list[float]:
+    """Supervised training of a softmax classifier (the study's teacher) with Adam.
+
+    Uses the model's ``forward_logits`` method when it has one (numerically stable cross-entropy),
+    else the log of its probabilities. Seeded like :class:`Trainer` (global RNG restored).
+
+    Returns
+    -------
+    list of float
+        Mean training loss per epoch.
+
+    Examples
+    --------
+    >>> from distilldetect.backends.pytorch_models import mlp
+    >>> net = mlp((4,), 2, (8,))
+    >>> X = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    >>> len(train_classifier(net, X, (X[:, 0] > 0).astype(int), epochs=2, verbose=False, seed=0))
+    2
+    """
+    from tqdm.auto import tqdm
+
+    labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    dtype = model_dtype(model)
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=learning_rate
+    )
+    rng = np.random.default_rng(seed)
+    history: list[float] = []
+    with contextlib.ExitStack() as stack:
+        if seed is not None:
+            stack.enter_context(torch.random.fork_rng(devices=[]))
+            torch.manual_seed(seed)
+        stack.callback(model.eval)
+        model.train()
+        for epoch in range(epochs):
+            order = rng.permutation(len(X))
+            total = 0.0
+            bar = tqdm(
+                range(0, len(X), batch_size),
+                desc=f"{desc} epoch {epoch + 1}/{epochs}",
+                disable=not verbose,
+                leave=False,
+            )
+            for start in bar:
+                idx = np.sort(order[start : start + batch_size])
+                xb = to_tensor(X[idx], dtype)
+                if hasattr(model, "forward_logits"):  # zoo models: stable cross-entropy on logits
+                    loss = torch.nn.functional.cross_entropy(model.forward_logits(xb), labels[idx])
+                else:
+                    probs = model(xb)
+                    loss = torch.nn.functional.nll_loss(
+                        torch.log(probs.clamp_min(1e-7)), labels[idx]
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(idx)
+                if verbose:
+                    bar.set_postfix(loss=total / (start + len(idx)), refresh=False)
+            history.append(total / len(X))
+    return history

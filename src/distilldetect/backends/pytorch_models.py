@@ -89,7 +89,7 @@ def _parse_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
 class ImageModel(nn.Module):
     """Base for zoo models: NHWC / NHW numpy-layout input, softmax output.
 
-    Subclasses implement ``features_and_head(x_nchw) -> logits``.
+    Subclasses implement ``logits(x_nchw)``; ``forward_logits`` takes the numpy layout.
     """
 
     def __init__(self, input_shape: Sequence[int], builder: str, kwargs: dict[str, Any]) -> None:
@@ -100,14 +100,18 @@ class ImageModel(nn.Module):
     def logits(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for images in numpy layout ``(n, h, w[, c])``."""
         if x.dim() == 3:
             x = x.unsqueeze(-1)
         if x.dim() != 4:
             raise ValueError(
                 f"expected images (n, h, w) or (n, h, w, c), got shape {tuple(x.shape)}"
             )
-        return torch.softmax(self.logits(x.permute(0, 3, 1, 2)), dim=-1)
+        return self.logits(x.permute(0, 3, 1, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.forward_logits(x), dim=-1)
 
 
 # ------------------------------------------------------------------------------------- ResNet
@@ -372,8 +376,9 @@ class MLP(ImageModel):
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(x.flatten(1)), dim=-1)
+    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for inputs of any shape (flattened per instance)."""
+        return self.net(x.flatten(1))
 
 
 def mlp(

@@ -1,0 +1,246 @@
+"""The ``distilldetect`` command.
+
+    distilldetect experiment [--dataset fashion_mnist|cifar10] [--quick] [--out DIR] ...
+    distilldetect corruptions [--subset all]
+    distilldetect fetch fashion_mnist|cifar10|cifar10c [--data-dir DIR] [--corruption NAME ...]
+    distilldetect --version
+
+Errors in arguments or data are reported as one line on stderr with exit status 2, before any
+long work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from tqdm.auto import tqdm
+
+from ._version import __version__
+
+__all__ = ["main", "build_parser"]
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines written through tqdm so they do not break progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def _str_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``distilldetect`` command."""
+    parser = argparse.ArgumentParser(
+        prog="distilldetect",
+        description="Adversarial-input and harmful-drift detection by model distillation.",
+    )
+    parser.add_argument("--version", action="version", version=f"distilldetect {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    exp = sub.add_parser(
+        "experiment",
+        help="run the harmful-drift study (CIFAR-10-C example) end to end",
+        description="Train (or load) a teacher, distil a student, corrupt evaluation images at "
+        "severities 1-5 and measure harmful vs harmless drift detection. Writes results.json, "
+        "report.md and figures.",
+    )
+    exp.add_argument(
+        "--dataset", default="fashion_mnist", help="fashion_mnist (default) or cifar10"
+    )
+    exp.add_argument(
+        "--data-dir", default=None, help="directory with the data set files (offline use)"
+    )
+    exp.add_argument(
+        "--out", default=None, help="output directory (default results/<dataset>-<timestamp>)"
+    )
+    exp.add_argument(
+        "--corruptions",
+        type=_str_list,
+        default=None,
+        help="comma-separated names or 'all' (default)",
+    )
+    exp.add_argument("--severities", type=_int_list, default=[1, 2, 3, 4, 5], help="e.g. 1,3,5")
+    exp.add_argument(
+        "--fractions", type=_float_list, default=None, help="contamination fractions in [0, 1)"
+    )
+    exp.add_argument(
+        "--n-eval", type=int, default=None, help="evaluation images corrupted per type"
+    )
+    exp.add_argument(
+        "--n-ref", type=int, default=None, help="clean reference scores (default 1000)"
+    )
+    exp.add_argument(
+        "--n-batches", type=int, default=None, help="batches per contamination level (default 100)"
+    )
+    exp.add_argument(
+        "--batch-size", type=int, default=None, help="instances per batch (default 100)"
+    )
+    exp.add_argument("--p-val", type=float, default=None, help="significance level (default 0.05)")
+    exp.add_argument(
+        "--teacher", default=None, help="directory of a cached teacher or a saved detector"
+    )
+    exp.add_argument("--teacher-epochs", type=int, default=None)
+    exp.add_argument("--student", default=None, help="zoo model for the student")
+    exp.add_argument("--student-epochs", type=int, default=None)
+    exp.add_argument("--temperature", type=float, default=None)
+    exp.add_argument("--loss-type", default=None, help="kld or xent")
+    exp.add_argument("--split", default=None, help="test (default) or validation (for tuning)")
+    exp.add_argument("--n-train", type=int, default=None, help="subsample the training set")
+    exp.add_argument("--seed", type=int, default=None)
+    exp.add_argument("--cache-dir", default=None, help="cache for teachers and downloads")
+    exp.add_argument("--quick", action="store_true", help="small settings, about a minute")
+    exp.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
+
+    cor = sub.add_parser("corruptions", help="list the corruption types")
+    cor.add_argument(
+        "--subset", default="all", help="all, common, validation, noise, blur, weather, digital"
+    )
+
+    fetch = sub.add_parser(
+        "fetch", help="download a data set into the cache (or check a local copy)"
+    )
+    fetch.add_argument("dataset", choices=["fashion_mnist", "cifar10", "cifar10c"])
+    fetch.add_argument("--data-dir", default=None)
+    fetch.add_argument("--corruptions", type=_str_list, default="all", help="for cifar10c")
+    return parser
+
+
+_EXPERIMENT_FIELDS = {
+    "data_dir": "data_dir",
+    "out": "out",
+    "corruptions": "corruptions",
+    "severities": "severities",
+    "fractions": "fractions",
+    "n_eval": "n_eval",
+    "n_ref": "n_ref",
+    "n_batches": "n_batches",
+    "batch_size": "batch_size",
+    "p_val": "p_val",
+    "teacher": "teacher_path",
+    "teacher_epochs": "teacher_epochs",
+    "student": "student",
+    "student_epochs": "student_epochs",
+    "temperature": "temperature",
+    "loss_type": "loss_type",
+    "split": "eval_split",
+    "n_train": "n_train",
+    "seed": "seed",
+    "cache_dir": "cache_dir",
+}
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    from .experiments import harmful_drift as hd
+
+    overrides = {
+        field: getattr(args, arg)
+        for arg, field in _EXPERIMENT_FIELDS.items()
+        if getattr(args, arg) is not None
+    }
+    overrides["dataset"] = args.dataset
+    overrides["verbose"] = not args.quiet
+    if overrides.get("corruptions") == ["all"]:
+        overrides["corruptions"] = "all"
+    config = hd.quick_config(**overrides) if args.quick else hd.StudyConfig(**overrides)
+    if config.out is None:
+        config.out = str(hd.default_out_dir(config.dataset))
+    try:
+        # everything that can be wrong with the arguments or the data, before the long work
+        hd.preflight(config)
+    except (ValueError, TypeError, OSError) as err:
+        return _error(err)
+    results = hd.run(config)
+    for s in sorted(results.severities, key=int):
+        print(results.headline(s))
+    print(f"results: {results.out}/results.json, report: {results.out}/report.md")
+    return 0
+
+
+def _corruptions(args: argparse.Namespace) -> int:
+    from .corruptions import get_corruption_names
+
+    print("\n".join(get_corruption_names(args.subset)))
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from . import datasets
+
+    if args.dataset == "fashion_mnist":
+        (x, _), (xt, _) = datasets.load_fashion_mnist(data_dir=args.data_dir)
+        print(f"Fashion-MNIST ready: {len(x)} training and {len(xt)} test images")
+    elif args.dataset == "cifar10":
+        (x, _), (xt, _) = datasets.load_cifar10(data_dir=args.data_dir)
+        print(f"CIFAR-10 ready: {len(x)} training and {len(xt)} test images")
+    else:
+        names = (
+            datasets.corruption_types_cifar10c()
+            if args.corruptions == ["all"]
+            else args.corruptions
+        )
+        for name in names:
+            datasets.fetch_cifar10c(name, 1, data_dir=args.data_dir)
+        print(f"CIFAR-10-C ready: {len(names)} corruption types")
+    return 0
+
+
+def _error(err: BaseException) -> int:
+    message = str(err).splitlines()[0] if str(err) else type(err).__name__
+    print(f"distilldetect: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``distilldetect`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    pkg_logger = logging.getLogger("distilldetect")
+    quiet = getattr(args, "quiet", False)
+    if not quiet:
+        pkg_logger.addHandler(handler)
+        pkg_logger.setLevel(logging.INFO)
+    try:
+        if args.command == "experiment":
+            return _experiment(args)
+        if args.command == "corruptions":
+            return _corruptions(args)
+        return _fetch(args)
+    except (ValueError, TypeError, OSError) as err:
+        if args.command == "experiment":
+            raise  # after the preflight: a real failure, keep its traceback
+        return _error(err)
+    except KeyboardInterrupt:
+        print("distilldetect: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        pkg_logger.removeHandler(handler)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
