@@ -372,25 +372,46 @@ def seed_torch(seed: int) -> None:
     get_backend("pytorch").manual_seed(seed)
 
 
+def _has_real_cifar10c(cfg: StudyConfig) -> bool:
+    """Whether the real CIFAR-10-C files are available locally for this study."""
+    if cfg.dataset != "cifar10" or cfg.eval_split != "test":
+        return False
+    from ..datasets import fetch_cifar10c
+
+    try:
+        fetch_cifar10c(
+            cfg.corruption_list()[0],
+            1,
+            data_dir=cfg.data_dir,
+            download_if_missing=False,
+            verbose=False,
+        )
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
+
+
 def _corrupted(
-    cfg: StudyConfig, x_eval_u8: np.ndarray, rows: np.ndarray, corruption: str, severity: int
+    cfg: StudyConfig,
+    x_eval_u8: np.ndarray,
+    rows: np.ndarray,
+    corruption: str,
+    severity: int,
+    real: bool,
 ) -> np.ndarray:
-    """uint8 corrupted versions of ``x_eval_u8[rows]``: real CIFAR-10-C files or generated."""
-    if cfg.dataset == "cifar10" and cfg.eval_split == "test" and cfg.data_dir is not None:
+    """uint8 corrupted versions of ``x_eval_u8[rows]``: the real CIFAR-10-C files or generated."""
+    if real:
         from ..datasets import fetch_cifar10c
 
-        try:
-            x, _ = fetch_cifar10c(
-                corruption,
-                severity,
-                return_X_y=True,
-                data_dir=cfg.data_dir,
-                verbose=False,
-                download=False,
-            )
-            return np.asarray(x[rows], dtype=np.uint8)
-        except FileNotFoundError:
-            pass
+        x, _ = fetch_cifar10c(
+            corruption,
+            severity,
+            return_X_y=True,
+            data_dir=cfg.data_dir,
+            download_if_missing=False,
+            verbose=False,
+        )
+        return np.asarray(x[rows], dtype=np.uint8)
     from ..corruptions import corrupt
 
     seed = (cfg.seed * 1_000_003 + zlib.crc32(f"{corruption}/{severity}".encode())) % (2**32)
@@ -594,6 +615,9 @@ def run(config: StudyConfig | None = None, **overrides: Any) -> StudyResults:
     }
 
     # 4.-5. corruptions × severities ------------------------------------------------------
+    real = _has_real_cifar10c(cfg)
+    corruption_source = "CIFAR-10-C files" if real else "generated (distilldetect.corruptions)"
+    log(f"corruptions: {len(corruptions)} types, {corruption_source}, {n_eval} images each")
     severities: dict[str, dict[str, Any]] = {}
     for severity in cfg.severities:
         harmful_parts: list[_Pool] = []
@@ -608,7 +632,7 @@ def run(config: StudyConfig | None = None, **overrides: Any) -> StudyResults:
         )
         for corruption in bar:
             rows = rows_per_type[corruption]
-            x_c = to_model_input(_corrupted(cfg, x_eval_u8, rows, corruption, severity))
+            x_c = to_model_input(_corrupted(cfg, x_eval_u8, rows, corruption, severity, real))
             scores, probs = _score(ad, x_c)
             correct = probs.argmax(1) == y_eval[rows]
             harmful = clean_ok[rows] & ~correct
@@ -730,15 +754,8 @@ def preflight(cfg: StudyConfig) -> None:
     cfg.validate()
     prepare_output_dir(cfg)
     _load_data(dataclasses.replace(cfg, verbose=False))
-    if cfg.dataset == "cifar10" and cfg.data_dir is not None:
-        from ..datasets import fetch_cifar10c
-
-        try:  # real CIFAR-10-C files are optional: their absence means generated corruptions
-            fetch_cifar10c(
-                cfg.corruption_list()[0], 1, data_dir=cfg.data_dir, verbose=False, download=False
-            )
-        except FileNotFoundError:
-            logger.info("no CIFAR-10-C files in %s: corruptions will be generated", cfg.data_dir)
+    if not _has_real_cifar10c(cfg) and cfg.dataset == "cifar10":
+        logger.info("no CIFAR-10-C files found: the corruptions will be generated")
 
 
 def default_out_dir(dataset: str) -> Path:
