@@ -8,6 +8,7 @@ teacher is used).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -34,6 +35,13 @@ def save_teacher(model: Any, directory: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         entry = io.save_model(model, tmp, "teacher")
+        entry["checksums"] = {
+            f: {
+                "sha256": hashlib.sha256((tmp / f).read_bytes()).hexdigest(),
+                "bytes": (tmp / f).stat().st_size,
+            }
+            for f in entry["files"]
+        }
         (tmp / CONFIG).write_text(json.dumps({"framework": framework, "model": entry}, indent=2))
         if directory.exists():
             shutil.rmtree(directory)
@@ -44,7 +52,10 @@ def save_teacher(model: Any, directory: Path) -> None:
 
 
 def load_teacher(directory: Path) -> Any:
-    """Load a teacher saved by :func:`save_teacher`, or the teacher of a saved detector."""
+    """Load a teacher saved by :func:`save_teacher`, or the teacher of a saved detector.
+
+    The weights are checked against the SHA-256 recorded at save time before they are parsed.
+    """
     from importlib import import_module
 
     config = directory / CONFIG
