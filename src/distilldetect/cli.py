@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--student-epochs", type=int, default=None)
     exp.add_argument("--temperature", type=float, default=None)
     exp.add_argument("--loss-type", default=None, help="kld or xent")
+    exp.add_argument("--augment", default=None, help="augmix: robust distillation, or none")
+    exp.add_argument("--augment-level", type=float, default=None)
     exp.add_argument("--split", default=None, help="test (default) or validation (for tuning)")
     exp.add_argument("--n-train", type=int, default=None, help="subsample the training set")
     exp.add_argument("--seed", type=int, default=None)
@@ -146,6 +148,8 @@ _EXPERIMENT_FIELDS = {
     "student_epochs": "student_epochs",
     "temperature": "temperature",
     "loss_type": "loss_type",
+    "augment": "augment",
+    "augment_level": "augment_level",
     "split": "eval_split",
     "n_train": "n_train",
     "seed": "seed",
@@ -162,6 +166,8 @@ def _experiment(args: argparse.Namespace) -> int:
         if getattr(args, arg) is not None
     }
     overrides["dataset"] = args.dataset
+    if overrides.get("augment") == "none":
+        overrides["augment"] = None
     overrides["verbose"] = not args.quiet
     if overrides.get("corruptions") == ["all"]:
         overrides["corruptions"] = "all"

@@ -30,6 +30,11 @@ DETECTOR_STYLE = {
 }
 
 
+def _nan(values: list[float | None]) -> list[float]:
+    """JSON null (a NaN that went through results.json) back to NaN."""
+    return [float("nan") if v is None else v for v in values]
+
+
 def _severities(results: dict[str, Any]) -> list[str]:
     return sorted(results["severities"], key=int)
 
@@ -53,8 +58,8 @@ def plot_scores_by_severity(results: dict[str, Any], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     width = 0.26
     for i, kind in enumerate(("clean", "harmless", "harmful")):
-        means = [results["severities"][s]["score_mean"][kind] for s in sev]
-        stds = [results["severities"][s]["score_std"][kind] for s in sev]
+        means = _nan([results["severities"][s]["score_mean"][kind] for s in sev])
+        stds = _nan([results["severities"][s]["score_std"][kind] for s in sev])
         xs = [int(s) + (i - 1) * width for s in sev]
         ax.bar(xs, means, width, yerr=stds, capsize=3, color=COLORS[kind], label=kind, alpha=0.9)
     ax.set_xlabel("corruption severity")
@@ -68,8 +73,16 @@ def plot_scores_by_severity(results: dict[str, Any], path: str | Path) -> Path:
     ax2.set_ylim(0, 1.02)
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=9)
-    ax.set_title(f"Distillation score by severity — {_title(results)}")
+    ax.legend(
+        h1 + h2,
+        l1 + l2,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=4,
+        fontsize=9,
+        frameon=False,
+    )
+    ax.set_title(f"Distillation score by severity — {_title(results)}", pad=28)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -89,9 +102,16 @@ def plot_pvalues(results: dict[str, Any], severity: str, path: str | Path) -> Pa
                 continue
             stats = drift[kind][side]
             ax.plot(
-                fr, _floor(stats["mean_p"]), "-o", color=COLORS[kind], label=f"{kind}: mean p", ms=4
+                fr,
+                _floor(_nan(stats["mean_p"])),
+                "-o",
+                color=COLORS[kind],
+                label=f"{kind}: mean p",
+                ms=4,
             )
-            ax.plot(fr, _floor(stats["max_p"]), "--", color=COLORS[kind], label=f"{kind}: max p")
+            ax.plot(
+                fr, _floor(_nan(stats["max_p"])), "--", color=COLORS[kind], label=f"{kind}: max p"
+            )
         ax.axhline(p_val, color="k", lw=1, ls=":", label=f"p_val = {p_val}")
         ax.set_yscale("log")
         ax.set_ylim(1e-12, 1.5)
@@ -121,7 +141,7 @@ def plot_detection_rates(results: dict[str, Any], path: str | Path) -> Path:
                 if kind in drift:
                     ax.plot(
                         fr,
-                        drift[kind][det]["detection_rate"],
+                        _nan(drift[kind][det]["detection_rate"]),
                         ls,
                         color=color,
                         label=f"{label} — {kind}",
@@ -151,7 +171,7 @@ def plot_aurocs(results: dict[str, Any], path: str | Path) -> Path:
     ):
         ax.plot(
             [int(s) for s in sev],
-            [results["severities"][s]["auroc"][key] for s in sev],
+            _nan([results["severities"][s]["auroc"][key] for s in sev]),
             "-o",
             color=color,
             label=label,
@@ -169,7 +189,7 @@ def plot_aurocs(results: dict[str, Any], path: str | Path) -> Path:
 
 
 def _floor(values: list[float], floor: float = 1e-12) -> list[float]:
-    return [max(v, floor) for v in values]
+    return [v if v != v else max(v, floor) for v in values]
 
 
 def _save(fig: Any, path: str | Path) -> Path:

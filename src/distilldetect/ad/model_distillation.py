@@ -324,6 +324,7 @@ class ModelDistillation(BaseDetector):
         seed: int | None = None,
         learning_rate: float | None = None,
         teacher_probs: np.ndarray | None = None,
+        augment_fn: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
     ) -> ModelDistillation:
         """Train the distilled model to reproduce the teacher's outputs on unlabelled ``X``.
 
@@ -361,6 +362,14 @@ class ModelDistillation(BaseDetector):
             Learning rate for an optimizer built here (Adam default 1e-3).
         teacher_probs
             Precomputed raw teacher probabilities for ``X``; the teacher is then not run.
+        augment_fn
+            Optional ``augment_fn(x, rng) -> x_augmented`` applied to the *student's* input
+            only (after ``preprocess_fn``), with ``rng`` a ``numpy.random.Generator`` derived
+            from ``seed``. The teacher's targets stay those of the un-augmented batch (and so
+            stay cached): the student learns to give the teacher's clean answer on perturbed
+            inputs, which makes it more robust than the teacher to input shifts, so that it
+            disagrees with the teacher where the teacher is pushed into errors. See
+            :mod:`distilldetect.augment`.
 
         Returns
         -------
@@ -378,6 +387,7 @@ class ModelDistillation(BaseDetector):
             raise TypeError(f"verbose must be a bool, got {describe(verbose)}")
         loss_fn = check_callable(loss_fn, "loss_fn")
         preprocess_fn = check_callable(preprocess_fn, "preprocess_fn")
+        augment_fn = check_callable(augment_fn, "augment_fn")
         seed = check_seed(seed)
         if learning_rate is not None:
             learning_rate = check_positive_float(learning_rate, "learning_rate")
@@ -397,8 +407,12 @@ class ModelDistillation(BaseDetector):
         # Probe both models on two instances so that any shape or output problem is reported
         # here, before the teacher cache is built or a training step runs.
         probe = X[:2] if preprocess_fn is None else _preprocess(preprocess_fn, X[:2])
+        augment_rng = np.random.default_rng(None if seed is None else [seed, 1])
+        student_probe = probe
+        if augment_fn is not None:
+            student_probe = _augment(augment_fn, probe, np.random.default_rng(0))
         with self._sessions() as (teacher, student):
-            q0 = self._forward(student, probe, "distilled_model (student)")
+            q0 = self._forward(student, student_probe, "distilled_model (student)")
             p0 = (
                 teacher_probs[:2]
                 if teacher_probs is not None
@@ -449,6 +463,8 @@ class ModelDistillation(BaseDetector):
                         )
                     else:
                         p = cache[idx]
+                    if augment_fn is not None:
+                        x = _augment(augment_fn, x, augment_rng)
                     loss, q = trainer.step(x, p)
                     if not math.isfinite(loss):
                         raise FloatingPointError(
@@ -570,6 +586,15 @@ def _check_callbacks(callbacks: Any) -> list[Callable]:
     if not isinstance(callbacks, (list, tuple)) or not all(callable(c) for c in callbacks):
         raise TypeError(f"callbacks must be None or a list of callables, got {describe(callbacks)}")
     return list(callbacks)
+
+
+def _augment(augment_fn: Callable, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    out = augment_fn(x, rng)
+    if not isinstance(out, np.ndarray) or out.shape != x.shape:
+        raise TypeError(
+            f"augment_fn must return a numpy array of the input's shape {x.shape}, got {describe(out)}"
+        )
+    return check_array(out, "augment_fn output")
 
 
 def _preprocess(preprocess_fn: Callable, x: np.ndarray) -> np.ndarray:

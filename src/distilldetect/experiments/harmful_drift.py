@@ -106,6 +106,8 @@ class StudyConfig:
     student_kwargs: dict[str, Any] | None = None
     student_epochs: int = 10
     student_lr: float = 1e-3
+    augment: str | None = None  # 'augmix': robust distillation (student sees augmented inputs)
+    augment_level: float = 0.5
     batch_size_fit: int = 128
     temperature: float = 1.0
     loss_type: str = "kld"
@@ -166,6 +168,10 @@ class StudyConfig:
             raise ValueError(f"p_val must be in (0, 1), got {self.p_val}")
         if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if self.augment not in (None, "augmix"):
+            raise ValueError(f"augment must be None or 'augmix', got {self.augment!r}")
+        if not 0 < self.augment_level <= 1:
+            raise ValueError(f"augment_level must be in (0, 1], got {self.augment_level!r}")
         if self.loss_type not in ("kld", "xent"):
             raise ValueError(f"loss_type must be 'kld' or 'xent', got {self.loss_type!r}")
         if self.student is not None:
@@ -259,13 +265,15 @@ class StudyResults:
         i50 = _nearest(fr, 0.5)
         harm = drift["harmful"]["one_sided"]["detection_rate"][i20]
         quiet = drift["harmless"]["one_sided"]["detection_rate"][i50]
-        a = s["auroc"]
+        harm_text = "n/a" if harm is None or harm != harm else f"{100 * harm:.0f}%"
+        quiet_text = "n/a" if quiet is None or quiet != quiet else f"{100 * quiet:.0f}%"
+        a = {k: float("nan") if v is None else v for k, v in s["auroc"].items()}
         return (
             f"severity {severity}: teacher acc {s['accuracy']:.3f} | harmful {s['n_harmful']} "
             f"harmless {s['n_harmless']} | AUROC distillation {a['distillation']:.3f} entropy "
             f"{a['entropy']:.3f} max_prob {a['max_prob']:.3f} | one-sided KS flags "
-            f"{100 * harm:.0f}% of batches with {100 * fr[i20]:.0f}% harmful, "
-            f"{100 * quiet:.0f}% with {100 * fr[i50]:.0f}% harmless"
+            f"{harm_text} of batches with {100 * fr[i20]:.0f}% harmful, "
+            f"{quiet_text} with {100 * fr[i50]:.0f}% harmless"
         )
 
 
@@ -467,11 +475,17 @@ def _drift_study(
     total = len(cfg.fractions) * cfg.n_batches * len(contaminants)
     bar = tqdm(total=total, desc=desc, disable=not cfg.verbose, leave=False)
     for kind, pool in contaminants.items():
-        feats = _drift_features(pool)
         stats: dict[str, dict[str, list[float]]] = {
             d: {"mean_p": [], "std_p": [], "min_p": [], "max_p": [], "detection_rate": []}
             for d in DETECTORS
         }
+        out[kind] = stats
+        if len(pool.scores) == 0:  # nothing to contaminate with: NaN (null in results.json)
+            for d in DETECTORS:
+                for key in stats[d]:
+                    stats[d][key] = [float("nan")] * len(cfg.fractions)
+            continue
+        feats = _drift_features(pool)
         for fraction in cfg.fractions:
             n_bad = int(round(fraction * cfg.batch_size))
             n_good = cfg.batch_size - n_bad
@@ -503,7 +517,6 @@ def _drift_study(
                 s["min_p"].append(float(arr.min()))
                 s["max_p"].append(float(arr.max()))
                 s["detection_rate"].append(float(np.mean(flags[name])))
-        out[kind] = stats
     bar.close()
     return out
 
@@ -518,7 +531,9 @@ def _summary(values: np.ndarray) -> dict[str, float]:
     }
 
 
-def run(config: StudyConfig | None = None, **overrides: Any) -> StudyResults:
+def run(
+    config: StudyConfig | None = None, *, _corruption_cache: dict | None = None, **overrides: Any
+) -> StudyResults:
     """Run the harmful-drift study and write its outputs.
 
     Parameters
@@ -579,6 +594,11 @@ def run(config: StudyConfig | None = None, **overrides: Any) -> StudyResults:
         temperature=cfg.temperature,
         data_type="image",
     )
+    augment_fn = None
+    if cfg.augment is not None:
+        from ..augment import make_augment_fn
+
+        augment_fn = make_augment_fn(cfg.augment, level=cfg.augment_level)
     ad.fit(
         x_train,
         epochs=cfg.student_epochs,
@@ -586,6 +606,7 @@ def run(config: StudyConfig | None = None, **overrides: Any) -> StudyResults:
         verbose=cfg.verbose,
         seed=cfg.seed,
         learning_rate=cfg.student_lr,
+        augment_fn=augment_fn,
     )
     clean_scores = ad.score(x_eval, batch_size=512, teacher_probs=probs_eval)
     student_probs = predict_batch(x_eval, student, batch_size=512)
@@ -632,7 +653,13 @@ def run(config: StudyConfig | None = None, **overrides: Any) -> StudyResults:
         )
         for corruption in bar:
             rows = rows_per_type[corruption]
-            x_c = to_model_input(_corrupted(cfg, x_eval_u8, rows, corruption, severity, real))
+            key = (cfg.dataset, cfg.eval_split, cfg.seed, n_eval, corruption, severity)
+            if _corruption_cache is not None and key in _corruption_cache:
+                x_c = _corruption_cache[key]
+            else:
+                x_c = to_model_input(_corrupted(cfg, x_eval_u8, rows, corruption, severity, real))
+                if _corruption_cache is not None:
+                    _corruption_cache[key] = x_c
             scores, probs = _score(ad, x_c)
             correct = probs.argmax(1) == y_eval[rows]
             harmful = clean_ok[rows] & ~correct
@@ -695,11 +722,12 @@ def run(config: StudyConfig | None = None, **overrides: Any) -> StudyResults:
                     f"severity {severity}: only {len(pool.scores)} {kind} instances for batches needing "
                     f"up to {max_bad}; they were drawn with replacement"
                 )
-        contaminants = {
-            k: p
-            for k, p in (("harmful", harmful_pool), ("harmless", harmless_pool))
-            if len(p.scores)
-        }
+        contaminants = {"harmful": harmful_pool, "harmless": harmless_pool}
+        for kind, pool in contaminants.items():
+            if len(pool.scores) == 0:
+                notes.append(
+                    f"severity {severity}: no {kind} instances; its drift rows are empty (null)"
+                )
         drift_rng = np.random.default_rng([cfg.seed, 100 + severity])
         entry["drift"] = _drift_study(
             cfg, reference, clean_pool, contaminants, drift_rng, f"Severity {severity}: drift"
