@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev
+EXTRAS ?= dev,tensorflow
 DEMO_ARGS ?=
 
 .PHONY: setup data test lint demo bench bench-reference clean

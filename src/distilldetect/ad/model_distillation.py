@@ -400,10 +400,6 @@ class ModelDistillation(BaseDetector):
             )
         teacher_probs = self._check_teacher_probs(teacher_probs, len(X))
 
-        backend = get_backend(self.student_framework)
-        if backend.n_trainable_parameters(self.distilled_model) == 0:
-            raise ValueError("distilled_model has no trainable parameters; nothing to fit")
-
         # Probe both models on two instances so that any shape or output problem is reported
         # here, before the teacher cache is built or a training step runs.
         probe = X[:2] if preprocess_fn is None else _preprocess(preprocess_fn, X[:2])
@@ -419,6 +415,11 @@ class ModelDistillation(BaseDetector):
                 else self._forward(teacher, probe, "model (teacher)")
             )
         self._check_classes(p0, q0)
+
+        # After the probe: a Keras model without an Input layer is built by its first call.
+        backend = get_backend(self.student_framework)
+        if backend.n_trainable_parameters(self.distilled_model) == 0:
+            raise ValueError("distilled_model has no trainable parameters; nothing to fit")
 
         cache = None
         if preprocess_fn is None:

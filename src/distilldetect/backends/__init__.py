@@ -44,6 +44,8 @@ __all__ = ["FRAMEWORKS", "framework_of", "get_backend", "inference"]
 
 FRAMEWORKS: tuple[str, ...] = ("pytorch", "tensorflow")
 
+_KERAS_PACKAGES = ("keras", "tf_keras", "tensorflow")
+
 _MODULES = {
     "pytorch": "distilldetect.backends.pytorch",
     "tensorflow": "distilldetect.backends.tensorflow",
@@ -78,8 +80,18 @@ def framework_of(model: Any) -> str:
     """
     if "torch" in sys.modules and get_backend("pytorch").is_model(model):
         return "pytorch"
-    if any(m in sys.modules for m in ("keras", "tensorflow", "tf_keras")):
-        if get_backend("tensorflow").is_model(model):
+    # Only an object whose class comes from Keras / TensorFlow can be a Keras model; checking
+    # the class first keeps TensorFlow unimported for everything else (and works when Keras
+    # runs on another backend without TensorFlow installed).
+    if any(c.__module__.partition(".")[0] in _KERAS_PACKAGES for c in type(model).__mro__):
+        try:
+            tensorflow_backend = get_backend("tensorflow")
+        except ImportError as err:
+            raise TypeError(
+                f"{describe(model)} looks like a Keras model, but the TensorFlow backend cannot "
+                f"be imported ({err}); install the extra: pip install 'distilldetect[tensorflow]'"
+            ) from err
+        if tensorflow_backend.is_model(model):
             return "tensorflow"
     if callable(model):
         return "callable"

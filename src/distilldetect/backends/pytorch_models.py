@@ -247,8 +247,23 @@ class DistilledCifar10(ImageModel):
         return self.l1 * total
 
 
+def _from_classifier(clf: nn.Module) -> tuple[tuple[int, ...], int]:
+    """Input shape and class count of a torch classifier (the seed passes ``clf`` first)."""
+    shape = getattr(clf, "input_shape", None)
+    if shape is None:
+        raise ValueError(
+            "distilled_model_cifar10(clf) needs a classifier with an input_shape attribute (zoo "
+            "models have one); otherwise pass input_shape=(h, w, c) and num_classes="
+        )
+    was_training = clf.training
+    with torch.no_grad():
+        num_classes = int(clf.eval()(torch.zeros(1, *shape)).shape[-1])
+    clf.train(was_training)
+    return tuple(int(v) for v in shape), num_classes
+
+
 def distilled_model_cifar10(
-    input_shape: Sequence[int] = (32, 32, 3),
+    input_shape: Sequence[int] | nn.Module = (32, 32, 3),
     num_classes: int = 10,
     nb_conv_layers: int = 3,
     nb_filters1: int = 256,
@@ -261,7 +276,9 @@ def distilled_model_cifar10(
     """The seed study's student: Conv(nb_filters1, k1, s2) → Conv(/2, k2, s2, relu) → Conv(/4, k3, s2, relu)
     → Flatten → Dense(nb_dense) → Dense(num_classes, softmax), 'same' padding, L1(1e-5) on conv 2-3.
 
-    About 0.71 M parameters with the defaults on 32x32x3.
+    About 0.71 M parameters with the defaults on 32x32x3. As in the seed, the first argument
+    may be the classifier itself (``distilled_model_cifar10(clf)``): its input shape and
+    number of classes are then used.
 
     Examples
     --------
@@ -269,6 +286,8 @@ def distilled_model_cifar10(
     >>> m(torch.zeros(2, 32, 32, 3)).shape
     torch.Size([2, 10])
     """
+    if isinstance(input_shape, nn.Module):
+        input_shape, num_classes = _from_classifier(input_shape)
     return DistilledCifar10(
         input_shape,
         num_classes,
@@ -315,7 +334,9 @@ class CNNClassifier(ImageModel):
                 layers.append(nn.BatchNorm2d(f))
             layers += [nn.ReLU(), nn.MaxPool2d(2)]
             cin = f
-            h, w = h // 2, w // 2
+            pad = kernel_size // 2
+            h = (h + 2 * pad - kernel_size + 1) // 2
+            w = (w + 2 * pad - kernel_size + 1) // 2
         self.features = nn.Sequential(*layers)
         head: list[nn.Module] = [nn.Flatten()]
         width = cin * h * w

@@ -1,0 +1,386 @@
+"""Saving and loading Keras models for :mod:`distilldetect.saving`: the ``.keras`` format, safely.
+
+A Keras 3 model is saved as one ``<name>.keras`` archive (Keras' v3 format: a zip of a JSON
+architecture ``config.json``, ``metadata.json`` and the weights in ``model.weights.h5``; no
+pickle). Its entry in the detector's ``config.json`` also lists every variable's path, shape and
+dtype, and the zoo model's ``builder_config`` when it has one.
+
+Loading
+-------
+* With ``model`` given (``model=`` / ``distilled_model=`` of
+  :func:`~distilldetect.saving.load_detector`): the variables of ``model`` are checked against
+  the entry (number, shapes, dtypes, in order), then the weights are read from the archive with
+  ``model.load_weights``; the architecture part of the file is never deserialised. If Keras
+  fails half-way, the model's previous weights are restored: never a partial load.
+* Without it: ``keras.saving.load_model(path, safe_mode=True, compile=False)``. Safe mode refuses
+  ``Lambda`` layers carrying Python code and other arbitrary code; only classes Keras knows
+  (built-in, or registered with ``keras.saving.register_keras_serializable``) are rebuilt. The
+  zoo models (:mod:`.tensorflow_models`) use built-in layers only, so they load anywhere. A model
+  that safe mode refuses must be passed as ``model=`` / ``distilled_model=``.
+
+The bytes are verified against the SHA-256 recorded by :mod:`distilldetect.saving` just before
+parsing, and parsed from a private temporary copy, so the file cannot change in between. Keras
+releases before 3.14 had ``safe_mode`` bypasses (CVE-2025-1550, CVE-2025-9906, CVE-2026-1462...):
+loading needs ``keras >= 3.14``. Legacy ``tf_keras`` models can be saved, but are only loaded
+into a given model (their loader has not had these fixes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from .. import saving
+from ..base import describe
+from .tensorflow import is_model
+
+__all__ = ["FORMAT", "MIN_KERAS_VERSION", "save_model", "load_model"]
+
+logger = logging.getLogger(__name__)
+
+#: ``format`` of the entries written here.
+FORMAT: str = "keras"
+#: Oldest Keras whose ``safe_mode`` has the known bypasses fixed (CVE-2026-1462 in 3.14.0).
+MIN_KERAS_VERSION: tuple[int, int] = (3, 14)
+
+_ENTRY_KEYS = {
+    "name",
+    "framework",
+    "format",
+    "files",
+    "package",
+    "keras_version",
+    "class",
+    "builder_config",
+    "variables",
+}
+# TensorFlow functions that Keras saves under names its loader cannot find back: a layer built with
+# ``activation=tf.nn.softmax`` (the seed's style) is saved as the function 'softmax_v2'. They are
+# loaded as the Keras activations that compute the same function (library code, no file code).
+_TF_FUNCTION_ALIASES: dict[str, Any] = {
+    "softmax_v2": keras.activations.softmax,  # tf.nn.softmax, last axis
+    "log_softmax_v2": keras.activations.log_softmax,  # tf.nn.log_softmax, last axis
+    "swish": keras.activations.silu,  # tf.nn.swish with beta = 1
+}
+_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,240}\.keras$")
+_MAX_DIFFERENCES = 5
+
+
+# ==================================================================================== saving
+def _short(err: BaseException, limit: int = 400) -> str:
+    """The first line of an error message, cut to ``limit`` characters (Keras dumps configs)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _package(model: Any) -> str:
+    legacy = sys.modules.get("tf_keras")
+    if legacy is not None and isinstance(model, getattr(legacy, "Model", ())):
+        return "tf_keras"
+    return "keras"
+
+
+def _variables(model: Any) -> list[dict[str, Any]]:
+    out = []
+    for v in model.weights:
+        path = getattr(v, "path", None) or getattr(v, "name", "")
+        dtype = v.dtype if isinstance(v.dtype, str) else getattr(v.dtype, "name", str(v.dtype))
+        out.append({"path": str(path), "shape": [int(s) for s in v.shape], "dtype": str(dtype)})
+    return out
+
+
+def _builder_config(model: Any) -> dict[str, Any] | None:
+    config = getattr(model, "builder_config", None)
+    if not isinstance(config, dict) or set(config) != {"name", "kwargs"}:
+        return None
+    try:
+        plain = json.loads(json.dumps(config))  # tracked containers -> plain JSON data
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(plain["name"], str) or not isinstance(plain["kwargs"], dict):
+        return None
+    return plain
+
+
+def save_model(model: Any, directory: Path, name: str) -> dict[str, Any]:
+    """Write ``model`` to ``directory / f'{name}.keras'`` (Keras v3 format); return its entry.
+
+    Parameters
+    ----------
+    model
+        A built Keras model.
+    directory
+        Existing folder to write into.
+    name
+        ``'model'`` or ``'distilled_model'``: the file name stem and the keyword of
+        :func:`~distilldetect.saving.load_detector` that can supply the model.
+
+    Returns
+    -------
+    dict
+        JSON-able entry: ``name``, ``framework`` (``'tensorflow'``), ``format`` (``'keras'``),
+        ``files``, ``package`` (``'keras'`` or ``'tf_keras'``), ``keras_version``, ``class``
+        (for messages only), ``builder_config`` (zoo models, else None) and ``variables``
+        (path, shape and dtype of each of ``model.weights``).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from distilldetect.backends.tensorflow_models import mlp
+    >>> entry = save_model(mlp((4,), 2, (3,)), Path(tempfile.mkdtemp()), "model")
+    >>> entry["format"], entry["files"]
+    ('keras', ['model.keras'])
+    """
+    if not is_model(model):
+        raise TypeError(f"{name} must be a Keras model, got {describe(model)}")
+    if not model.built:
+        raise ValueError(
+            f"{name} is a Keras model that is not built yet (it has no weights to save); "
+            "call it once on a batch or build it first"
+        )
+    file = f"{name}.keras"
+    if not _FILE.match(file):
+        raise ValueError(f"name must be a plain file name stem, got {name!r}")
+    with tempfile.TemporaryDirectory(prefix="distilldetect-keras-") as tmp:
+        tmp_path = Path(tmp) / file
+        try:
+            with warnings.catch_warnings():
+                # Keras' variables predate NumPy 2's __array__(copy=...): harmless noise
+                warnings.filterwarnings(
+                    "ignore", message="__array__ implementation", category=DeprecationWarning
+                )
+                model.save(tmp_path)
+        except Exception as err:  # Keras raises many types for unsavable models
+            raise ValueError(f"{name} cannot be saved in the .keras format: {err}") from err
+        data = tmp_path.read_bytes()
+        if _package(model) == "keras":
+            try:
+                _safe_load(tmp_path)
+            except Exception as err:  # say it now rather than when loading
+                logger.warning(
+                    "%s is saved, but Keras' safe mode cannot rebuild it (%s); loading it will "
+                    "need the model: load_detector(..., %s=model)",
+                    name,
+                    _short(err),
+                    name,
+                )
+    saving.write_bytes(directory / file, data)
+    package = _package(model)
+    version = sys.modules["tf_keras"].__version__ if package == "tf_keras" else keras.__version__
+    return {
+        "name": name,
+        "framework": "tensorflow",
+        "format": FORMAT,
+        "files": [file],
+        "package": package,
+        "keras_version": str(version),
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "builder_config": _builder_config(model),
+        "variables": _variables(model),
+    }
+
+
+# ==================================================================================== loading
+def _error(msg: str) -> saving.DetectorFormatError:
+    return saving.DetectorFormatError(msg)
+
+
+def _check_entry(entry: Any, where: str) -> None:
+    keys = set(entry) - {"checksums"} if isinstance(entry, dict) else set()
+    if keys != _ENTRY_KEYS:
+        raise _error(
+            f"{where}: a Keras model entry must have keys {sorted(_ENTRY_KEYS)}, got {sorted(keys)}"
+        )
+    files = entry["files"]
+    if (
+        entry["format"] != FORMAT
+        or entry["framework"] != "tensorflow"
+        or not (isinstance(files, list) and len(files) == 1 and isinstance(files[0], str))
+        or not _FILE.match(files[0])
+    ):
+        raise _error(f"{where}: expected format {FORMAT!r} with one '<name>.keras' file")
+    if entry["package"] not in ("keras", "tf_keras"):
+        raise _error(f"{where}: 'package' must be 'keras' or 'tf_keras'")
+    variables = entry["variables"]
+    if not isinstance(variables, list) or not all(
+        isinstance(v, dict)
+        and set(v) == {"path", "shape", "dtype"}
+        and isinstance(v["path"], str)
+        and isinstance(v["dtype"], str)
+        and isinstance(v["shape"], list)
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in v["shape"])
+        for v in variables
+    ):
+        raise _error(f"{where}: 'variables' must be a list of {{'path', 'shape', 'dtype'}}")
+    config = entry["builder_config"]
+    if config is not None and not (
+        isinstance(config, dict)
+        and set(config) == {"name", "kwargs"}
+        and isinstance(config["name"], str)
+        and isinstance(config["kwargs"], dict)
+    ):
+        raise _error(f"{where}: 'builder_config' must be null or {{'name': str, 'kwargs': {{}}}}")
+
+
+def _check_keras_version() -> None:
+    parts = re.findall(r"\d+", keras.__version__)[:2]
+    version = tuple(int(p) for p in parts)
+    if version < MIN_KERAS_VERSION:
+        need = ".".join(str(p) for p in MIN_KERAS_VERSION)
+        raise ValueError(
+            f"loading .keras files safely needs keras >= {need} (earlier releases have known "
+            f"safe_mode bypasses); this is keras {keras.__version__}: pip install 'keras>={need}'"
+        )
+
+
+def _differences(expected: list[dict[str, Any]], got: list[dict[str, Any]]) -> str:
+    if len(expected) != len(got):
+        return f"the file has {len(expected)} variables, the model {len(got)}"
+    lines = []
+    for i, (e, g) in enumerate(zip(expected, got, strict=True)):
+        if (e["shape"], e["dtype"]) != (g["shape"], g["dtype"]):
+            lines.append(
+                f"variable {i} ({e['path']!r} in the file, {g['path']!r} in the model): file "
+                f"has shape {e['shape']} dtype {e['dtype']}, model has shape {g['shape']} "
+                f"dtype {g['dtype']}"
+            )
+        if len(lines) == _MAX_DIFFERENCES:
+            break
+    return "; ".join(lines)
+
+
+def _same_variables(expected: list[dict[str, Any]], got: list[dict[str, Any]]) -> bool:
+    return [(v["shape"], v["dtype"]) for v in expected] == [(v["shape"], v["dtype"]) for v in got]
+
+
+def _safe_load(file: Path) -> Any:
+    """``keras.saving.load_model`` in safe mode, not compiled, with the TF-function aliases."""
+    return keras.saving.load_model(
+        file, custom_objects=dict(_TF_FUNCTION_ALIASES), safe_mode=True, compile=False
+    )
+
+
+def _verified_bytes(directory: Path, entry: dict[str, Any]) -> bytes:
+    file = entry["files"][0]
+    path = directory / file
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise _error(f"{path} cannot be read: {err}") from err
+    checksums = entry.get("checksums") or {}
+    if file in checksums:
+        saving.check_bytes(data, checksums[file], path)
+    return data
+
+
+def _load_weights_into(model: Any, file: Path, entry: dict[str, Any], path: Path) -> None:
+    name = entry["name"]
+    if not model.built:
+        raise ValueError(
+            f"{name}= is a Keras model that is not built yet; build it (call it once on a "
+            f"batch) before loading the weights saved in {path}"
+        )
+    got = _variables(model)
+    if not _same_variables(entry["variables"], got):
+        raise ValueError(
+            f"the Keras model given as {name}= does not match the weights in {path}: "
+            + _differences(entry["variables"], got)
+        )
+    before = [v.numpy() for v in model.weights]
+    try:
+        model.load_weights(file)
+    except Exception as err:  # Keras raises ValueError, KeyError... on structure mismatches
+        for variable, value in zip(model.weights, before, strict=True):
+            variable.assign(value)
+        raise ValueError(
+            f"could not load the weights in {path} into the model given as {name}= (its "
+            f"layers differ from the saved model's; its weights are unchanged): {_short(err)}"
+        ) from err
+
+
+def load_model(directory: Path, entry: dict[str, Any], model: Any = None) -> Any:
+    """Load a Keras model saved by :func:`save_model`, into ``model`` if given.
+
+    Parameters
+    ----------
+    directory
+        The saved detector's folder.
+    entry
+        The entry :func:`save_model` returned (as read from ``config.json``), optionally with
+        ``'checksums'`` ``{file: {'sha256', 'bytes'}}``: the bytes are then checked again just
+        before they are parsed.
+    model
+        A built Keras model of the same architecture; its weights are replaced in place (all
+        or none). Required for models that safe mode refuses (``Lambda`` layers, unregistered
+        custom classes) and for legacy ``tf_keras`` models.
+
+    Returns
+    -------
+    keras.Model
+        ``model`` with the saved weights, or the model loaded in safe mode (not compiled; zoo
+        models get their ``builder_config`` back).
+
+    Raises
+    ------
+    ValueError
+        If the file does not match the entry or ``model``, or cannot be loaded in safe mode
+        (the message names the ``model=`` / ``distilled_model=`` keyword to use).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from distilldetect.backends.tensorflow_models import mlp
+    >>> d = Path(tempfile.mkdtemp())
+    >>> load_model(d, save_model(mlp((4,), 2, (3,)), d, "model")).builder_config["name"]
+    'mlp'
+    """
+    name = entry.get("name") if isinstance(entry, dict) else None
+    where = f"{Path(directory) / saving.CONFIG_FILE} (models[{name!r}])"
+    _check_entry(entry, where)
+    name = entry["name"]
+    directory = Path(directory)
+    path = directory / entry["files"][0]
+    if model is not None and not is_model(model):
+        raise TypeError(
+            f"{name} must be a Keras model to receive the weights saved in {path}, got "
+            f"{describe(model)}"
+        )
+    if model is None and entry["package"] == "tf_keras":
+        raise ValueError(
+            f"{path} holds a legacy tf_keras model, which is only loaded into a model you "
+            f"build: load_detector(..., {name}=model)"
+        )
+    _check_keras_version()
+    data = _verified_bytes(directory, entry)
+    with tempfile.TemporaryDirectory(prefix="distilldetect-keras-") as tmp:
+        copy = Path(tmp) / entry["files"][0]
+        copy.write_bytes(data)
+        if model is not None:
+            _load_weights_into(model, copy, entry, path)
+            return model
+        try:
+            loaded = _safe_load(copy)
+        except Exception as err:  # safe-mode refusals and unknown classes: ValueError, TypeError
+            raise ValueError(
+                f"{path} cannot be loaded in Keras' safe mode ({_short(err)}). If it holds a Lambda "
+                "layer or a custom class, build the model and pass it: "
+                f"load_detector(..., {name}=model)"
+            ) from err
+    got = _variables(loaded)
+    if not _same_variables(entry["variables"], got):
+        raise _error(
+            f"{path} does not hold the variables {saving.CONFIG_FILE} lists: "
+            + _differences(entry["variables"], got)
+        )
+    if entry["builder_config"] is not None:
+        loaded.builder_config = entry["builder_config"]
+    logger.debug("loaded %s from %s", name, path)
+    return loaded
