@@ -1,6 +1,6 @@
 """The README quickstart as a script: fit a detector on real data (Fashion-MNIST) and use it.
 
-Run with `python scripts/quickstart.py` (about two minutes on 2 CPU cores).
+Run with `python scripts/quickstart.py` (a few minutes on 2 CPU cores).
 """
 
 import numpy as np
@@ -17,11 +17,11 @@ def prep(images):
     return scale_by_instance(images.astype("float32") / 255)
 
 
-X_train, X_test = prep(x_train), prep(x_test)
+X_train, X_test = prep(x_train[:20000]), prep(x_test)  # 20 000 training images: quick
 
 # the classifier to protect (any torch / tf.keras model or predict_proba-like callable)
 teacher = build_model("cnn_classifier", input_shape=(28, 28))
-train_classifier(teacher, X_train, y_train, epochs=2, seed=0)
+train_classifier(teacher, X_train, y_train[:20000], epochs=3, seed=0)
 
 # a much smaller student learns to copy the teacher on unlabelled data
 student = build_model("distilled_model_cifar10", input_shape=(28, 28), nb_filters1=32)
@@ -32,14 +32,14 @@ ad.infer_threshold(X_test[:5000], threshold_perc=95)
 # harmful inputs score high: the teacher changes its mind, the student does not follow
 x_noisy = prep(corrupt(x_test[5000:6000], "gaussian_noise", severity=5, seed=0))
 flags = ad.predict(x_noisy)["data"]["is_adversarial"]
-print(f"flagged: {flags.mean():.0%} of noisy images, {ad.predict(X_test[5000:6000])['data']['is_adversarial'].mean():.0%} of clean ones")
+print(f"flagged: {flags.mean():.0%} of noisy images")
 
 # harmful drift: a one-sided KS test on batches of scores against clean reference scores
 cd = ad.drift_detector(X_test[:1000], p_val=0.05)
 print("drift on a noisy batch:", cd.predict(x_noisy[:100])["data"]["is_drift"])
 print("drift on a clean batch:", cd.predict(X_test[6000:6100])["data"]["is_drift"])
 
-# save without pickle; load in another process
+# save without pickle (JSON + safetensors, checksummed, atomic); load anywhere
 save_detector(ad, "fmnist_detector")
 ad2 = load_detector("fmnist_detector")
 assert np.array_equal(ad2.score(X_test[:100]), ad.score(X_test[:100]))
