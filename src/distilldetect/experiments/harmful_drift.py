@@ -380,6 +380,18 @@ def seed_torch(seed: int) -> None:
     get_backend("pytorch").manual_seed(seed)
 
 
+def _check_sizes(cfg: StudyConfig, n_eval_images: int) -> int:
+    """The reference size; ValueError if the clean pool cannot fill a batch."""
+    n_ref = min(cfg.n_ref, n_eval_images // 2)
+    if n_eval_images - n_ref < cfg.batch_size:
+        raise ValueError(
+            f"batch_size ({cfg.batch_size}) is larger than the clean evaluation pool "
+            f"({n_eval_images - n_ref} = {n_eval_images} evaluation images - {n_ref} reference); "
+            "lower batch_size or n_ref"
+        )
+    return n_ref
+
+
 def _has_real_cifar10c(cfg: StudyConfig) -> bool:
     """Whether the real CIFAR-10-C files are available locally for this study."""
     if cfg.dataset != "cifar10" or cfg.eval_split != "test":
@@ -620,7 +632,7 @@ def run(
     # reference / clean pool / images to corrupt: disjoint parts of the evaluation set
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(x_eval))
-    n_ref = min(cfg.n_ref, len(x_eval) // 2)
+    n_ref = _check_sizes(cfg, len(x_eval))
     ref_idx, pool_idx = order[:n_ref], order[n_ref:]
     clean_ok = probs_eval.argmax(1) == y_eval
     reference = _Pool(clean_scores[ref_idx], probs_eval[ref_idx])
@@ -746,6 +758,7 @@ def run(
             "student_parameters": n_params,
             "teacher": how,
             "eval_split": split,
+            "corruption_source": corruption_source,
         },
         severities=severities,
         timings=timings,
@@ -781,7 +794,8 @@ def preflight(cfg: StudyConfig) -> None:
     """
     cfg.validate()
     prepare_output_dir(cfg)
-    _load_data(dataclasses.replace(cfg, verbose=False))
+    _, _, x_eval, _, _ = _load_data(dataclasses.replace(cfg, verbose=False))
+    _check_sizes(cfg, len(x_eval))
     if not _has_real_cifar10c(cfg) and cfg.dataset == "cifar10":
         logger.info("no CIFAR-10-C files found: the corruptions will be generated")
 
