@@ -21,7 +21,18 @@ from pathlib import Path
 
 from distilldetect.experiments.harmful_drift import StudyConfig, run
 
-BASE = dict(eval_split="validation", n_eval=500, n_batches=50, verbose=False, seed=0)
+# Every candidate starts from alibi-detect's settings (KL, T=1, no augmentation) and changes
+# only what it names, so the rows stay comparable whatever the study's current defaults are.
+BASE = dict(
+    eval_split="validation",
+    n_eval=500,
+    n_batches=50,
+    verbose=False,
+    seed=0,
+    loss_type="kld",
+    temperature=1.0,
+    augment=None,
+)
 
 CANDIDATES: dict[str, dict] = {
     "base": {},
@@ -34,6 +45,18 @@ CANDIDATES: dict[str, dict] = {
     "wide": {"student_kwargs": {"nb_filters1": 64, "nb_dense": 64}},
     "wide_augmix": {"student_kwargs": {"nb_filters1": 64, "nb_dense": 64}, "augment": "augmix"},
     "augmix_20ep": {"augment": "augmix", "student_epochs": 20},
+    "xent_t05": {"loss_type": "xent", "temperature": 0.5},
+    "defaults": {"loss_type": "xent", "temperature": 0.5, "augment": "augmix"},
+    "augmix_xent": {"augment": "augmix", "loss_type": "xent"},
+    "augmix_xent_t05": {"augment": "augmix", "loss_type": "xent", "temperature": 0.5},
+    "xent_t2": {"loss_type": "xent", "temperature": 2.0},
+    "xent_20ep": {"loss_type": "xent", "student_epochs": 20},
+    "wide_xent": {"student_kwargs": {"nb_filters1": 64, "nb_dense": 64}, "loss_type": "xent"},
+    "wide_augmix_xent": {
+        "student_kwargs": {"nb_filters1": 64, "nb_dense": 64},
+        "augment": "augmix",
+        "loss_type": "xent",
+    },
 }
 
 
