@@ -9,6 +9,10 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= dev,tensorflow
 DEMO_ARGS ?=
 
+REF_VENV := .venv-reference
+REF_PY := $(REF_VENV)/bin/python
+REF_STAMP := $(REF_VENV)/.installed
+
 .PHONY: setup data test lint demo bench bench-reference clean
 
 setup: $(STAMP) data
@@ -42,8 +46,19 @@ test: setup lint
 demo: setup
 	$(PY) scripts/quickstart.py $(DEMO_ARGS)
 
+# Our benchmark; the reference's too when .venv-reference exists (make bench-reference).
 bench: setup
 	$(PY) benchmarks/run.py
+
+# The benchmark's reference: alibi-detect 0.13.0 on TensorFlow, in its own venv (~3 GB).
+$(REF_STAMP): benchmarks/reference/requirements.txt
+	test -x $(REF_PY) || $(PYTHON) -m venv $(REF_VENV)
+	$(REF_PY) -m pip --disable-pip-version-check -q install -r benchmarks/reference/requirements.txt
+	$(REF_PY) -c "import alibi_detect, tensorflow" && touch $(REF_STAMP)
+
+bench-reference: setup $(REF_STAMP)
+	mkdir -p results
+	$(PY) benchmarks/run.py --reference --json results/bench.json
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -16,6 +16,7 @@ import torch
 
 from ..base import describe
 from ..losses import EPSILON, LOSS_TYPES
+from . import pytorch_fast
 
 __all__ = [
     "is_model",
@@ -85,7 +86,10 @@ def inference(model: torch.nn.Module) -> Iterator[Callable[[np.ndarray], Any]]:
     """Yield ``forward(x) -> numpy`` running ``model`` in eval mode without autograd.
 
     The model's weights and ``requires_grad`` flags are untouched; its training mode is
-    restored when the block exits.
+    restored when the block exits. Models built from known layers run through
+    :class:`~distilldetect.backends.pytorch_fast.FastForward` (a cached BatchNorm-folded copy,
+    row blocks on single-threaded workers); their outputs agree with the plain forward up to
+    float rounding. Other models, and any model with hooks, run as they are.
 
     Examples
     --------
@@ -96,11 +100,12 @@ def inference(model: torch.nn.Module) -> Iterator[Callable[[np.ndarray], Any]]:
     """
     dtype = model_dtype(model)
     device = model_device(model)
+    run = pytorch_fast.FastForward(model)
 
     def forward(x: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         # inference mode per call, not for the whole block: a student may train in between
         with torch.inference_mode():
-            return _to_numpy(model(to_tensor(x, dtype, device)))
+            return _to_numpy(run(to_tensor(x, dtype, device)))
 
     with eval_mode(model):
         yield forward
@@ -242,7 +247,10 @@ class Trainer:
         """Run one step on a minibatch; return the batch loss and the student's probabilities."""
         xt = to_tensor(x, self.dtype, self.device)
         pt = to_tensor(teacher_probs, self.dtype, self.device)
-        q = self.student(xt)
+        fast = self._parallel_step(xt, pt)
+        if fast is not None:
+            return fast
+        q = pytorch_fast.train_forward(self.student)(xt)
         if not isinstance(q, torch.Tensor):
             raise TypeError(f"distilled_model must return a tensor, got {describe(q)}")
         if self.loss_fn is None:
@@ -259,6 +267,43 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         return float(loss.detach()), q.detach().cpu().numpy()
+
+    def _parallel_step(self, xt: torch.Tensor, pt: torch.Tensor) -> tuple[float, np.ndarray] | None:
+        """The step split into row blocks on single-threaded workers, or None if not splittable.
+
+        Only the default loss (a mean of per-instance losses) can be split: each block adds
+        ``sum(block losses) / batch size``; the regulariser is added once, here.
+        """
+        if self.loss_fn is not None:
+            return None
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        n, loss_type = len(xt), self.loss_type
+
+        def share(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+            return distillation_loss(p, q, loss_type).sum() / n
+
+        out = pytorch_fast.parallel_gradients(self.student, params, xt, pt, share)
+        if out is None:
+            return None
+        loss, q, grads = out
+        reg = _regularization(self.student)
+        if reg is not None:
+            if reg.requires_grad:
+                reg_grads = torch.autograd.grad(reg, params, allow_unused=True)
+                for i, g in enumerate(reg_grads):
+                    if g is not None:
+                        grads[i] = g if grads[i] is None else grads[i] + g
+            loss = loss + reg.detach()
+        self.optimizer.zero_grad(set_to_none=True)
+        for p, g in zip(params, grads, strict=True):
+            if g is None:
+                continue
+            if p.grad is None:
+                p.grad = g
+            else:  # a parameter the optimizer does not hold accumulates, as backward() would
+                p.grad += g
+        self.optimizer.step()
+        return float(loss), q.cpu().numpy()
 
 
 def train_classifier(
