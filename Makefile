@@ -43,8 +43,9 @@ lint: $(STAMP)
 test: setup lint
 	$(PY) -m pytest -n 2 --dist loadfile
 
+# The main job: the harmful-drift study on Fashion-MNIST (report + figures in results/).
 demo: setup
-	$(PY) scripts/quickstart.py $(DEMO_ARGS)
+	$(VENV)/bin/distilldetect experiment $(DEMO_ARGS)
 
 # Our benchmark; the reference's too when .venv-reference exists (make bench-reference).
 bench: setup

@@ -73,7 +73,23 @@ def workers(request, monkeypatch) -> int:
     monkeypatch.setattr(pf, "n_workers", lambda: request.param)
     monkeypatch.setattr(pf, "MIN_WORK_TO_SPLIT", 0)
     monkeypatch.setattr(pf, "MIN_ROWS_PER_WORKER", 1)
+    monkeypatch.setattr(pf, "MIN_MACS_TO_COMPOSE", 0)
     return request.param
+
+
+def test_work_measure_keeps_small_models_on_the_plain_path():
+    """The split and the composition are chosen from counted operations, not timing."""
+    torch.manual_seed(0)
+    small = distilled_model_cifar10(input_shape=(28, 28), nb_filters1=32)
+    big = distilled_model_cifar10()
+    assert not pf.composable(small) and pf.composable(big)
+    x = torch.zeros(128, 28, 28)
+    small.train()
+    flops = pf.flops_per_row(small, x)
+    assert small.training, "counting operations changed the model's mode"
+    assert flops == pf.flops_per_row(small, x) > 0
+    assert 128 * 3 * flops < pf.MIN_WORK_TO_SPLIT  # a training step of it is not split
+    assert 128 * 3 * pf.flops_per_row(big, torch.zeros(128, 32, 32, 3)) >= pf.MIN_WORK_TO_SPLIT
 
 
 # ------------------------------------------------------------------------- inference
