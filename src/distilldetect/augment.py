@@ -54,9 +54,12 @@ def _affine(x: np.ndarray, matrices: np.ndarray, shifts: np.ndarray) -> np.ndarr
     fj = (src_j - j0)[..., None]
     i1 = np.minimum(i0 + 1, h - 1)
     j1 = np.minimum(j0 + 1, w - 1)
-    b = np.arange(n)[:, None, None]
-    top = x[b, i0, j0] * (1 - fj) + x[b, i0, j1] * fj
-    bottom = x[b, i1, j0] * (1 - fj) + x[b, i1, j1] * fj
+    # gather through flat row indices (one np.take per corner: much faster than 3-D indexing)
+    flat = x.reshape(n * h * w, c)
+    base = (np.arange(n, dtype=np.int64) * (h * w))[:, None, None]
+    r0, r1 = base + i0 * w, base + i1 * w
+    top = np.take(flat, r0 + j0, axis=0) * (1 - fj) + np.take(flat, r0 + j1, axis=0) * fj
+    bottom = np.take(flat, r1 + j0, axis=0) * (1 - fj) + np.take(flat, r1 + j1, axis=0) * fj
     return (top * (1 - fi) + bottom * fi).astype(x.dtype, copy=False)
 
 
