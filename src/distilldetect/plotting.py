@@ -118,7 +118,7 @@ def plot_pvalues(results: dict[str, Any], severity: str, path: str | Path) -> Pa
         ax.set_xlabel("contaminated instances in the batch (%)")
         ax.set_title(f"KS {label}")
         ax.grid(alpha=0.3, which="major")
-    axes[0].set_ylabel("p-value (log scale)")
+    axes[0].set_ylabel("p-value (log scale, floored at 1e-12)")
     axes[1].legend(fontsize=8, loc="lower left")
     fig.suptitle(f"Severity {severity}: harmful vs harmless contamination — {_title(results)}")
     fig.tight_layout()
@@ -176,11 +176,19 @@ def plot_aurocs(results: dict[str, Any], path: str | Path) -> Path:
             color=color,
             label=label,
         )
-    ax.axhline(0.5, color="k", lw=0.8, ls=":", label="chance")
+    values = [
+        v
+        for key in ("distillation", "entropy", "max_prob")
+        for v in _nan([results["severities"][s]["auroc"][key] for s in sev])
+        if v == v
+    ]
+    low = max(0.0, min(values, default=0.5) - 0.05)
+    if low <= 0.5:
+        ax.axhline(0.5, color="k", lw=0.8, ls=":", label="chance")
     ax.set_xticks([int(s) for s in sev])
     ax.set_xlabel("corruption severity")
     ax.set_ylabel("AUROC, harmful vs harmless")
-    ax.set_ylim(0.4, 1.0)
+    ax.set_ylim(low, 1.0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
     ax.set_title(f"Telling harmful from harmless — {_title(results)}")
