@@ -15,9 +15,19 @@ this holds for any continuous scores), so a single split would test the luck of 
 
 Findings (numbers in the tests): the one-sided test (``ad.drift_detector``'s default) detects
 harmful contamination at lower fractions than the two-sided one, and clean batches respect
-p_val. Harmless contamination is flagged far less often than harmful contamination, but *more*
-often than p_val once it is large: corruption raises the scores of instances the teacher still
-gets right, too (see the xfail test).
+p_val. With alibi's settings (KL, T=1, a plain student) harmless contamination is flagged far
+less often than harmful contamination, but *more* often than p_val once it is large:
+corruption raises the scores of instances the teacher still gets right, too (the xfail test).
+With the study's recipe (cross-entropy, T=0.5, an AugMix-trained student) harmless
+contamination stays at p_val even at 100 % of the batch and harmful contamination is detected
+earlier. Measured one-sided rates over the same 1000 batches per level:
+
+================  ===========================  ====================  =====
+settings          harmless 10 / 20 / 30 / 100 %  harmful 10 / 20 / 30 %  clean
+================  ===========================  ====================  =====
+KL, T=1           0.061 / 0.079 / 0.124 / 0.428  0.263 / 0.601 / 0.899  0.045
+recipe            0.043 / 0.034 / 0.025 / 0.020  0.376 / 0.911 / 1.000  0.049
+================  ===========================  ====================  =====
 """
 
 from __future__ import annotations
@@ -289,10 +299,11 @@ def test_harmless_contamination_is_flagged_far_less_than_harmful(harmless_rates,
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "known limitation, measured: harmless corrupted instances shift the distillation scores "
-        "up too (median 0.012 vs 0.009 for clean images), so the one-sided test at p_val=0.05 "
-        "flags 8.1/8.9/12.0 % of batches with 10/20/30 % harmless contamination (two-sided: "
-        "6.8/6.3/6.7 %; clean batches: 6.0 and 5.3 %), above the bound of 7.5 %"
+        "known limitation of alibi's settings (KL, T=1, plain student), measured: harmless "
+        "corrupted instances shift the distillation scores up too, so the one-sided test at "
+        "p_val=0.05 flags 6.1/7.9/12.4 % of batches with 10/20/30 % harmless contamination "
+        "(clean batches: 4.5 %), above the bound of 7.5 %; the study's recipe passes "
+        "(test_robust_recipe_keeps_harmless_contamination_at_p_val)"
     ),
 )
 def test_harmless_contamination_respects_p_val(harmless_rates):
@@ -301,3 +312,40 @@ def test_harmless_contamination_respects_p_val(harmless_rates):
     bound = fpr_bound(N_SPLITS, N_BATCHES)
     for fraction, rate in zip(HARMLESS_FRACTIONS, harmless_rates[:-1], strict=True):
         assert rate <= bound, (fraction, rate, bound)
+
+
+# ----------------------------------------------------------------------- the robust recipe
+@pytest.fixture(scope="module")
+def robust_study(study):
+    """The same teacher and data, with the study's recipe for the student: cross-entropy,
+    T=0.5 and AugMix-style augmentation of the student's inputs (teacher targets stay those of
+    the clean images)."""
+    from distilldetect.augment import make_augment_fn
+
+    data = {k: read_idx(DATA_DIR / f) for k, f in FILES.items()}
+    x_train = data["x_train"][10000:20000].astype(np.float32) / 255
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(1)
+        ad = ModelDistillation(
+            distilled_model=mlp(32), model=study["ad"].model, loss_type="xent", temperature=0.5
+        )
+        ad.fit(x_train, epochs=5, verbose=False, seed=0, augment_fn=make_augment_fn())
+        s_clean, s_corrupt = ad.score(study["x_test"]), ad.score(study["x_corrupt"])
+    finally:
+        torch.set_num_threads(n_threads)
+    return {**study, "ad": ad, "s_clean": s_clean, "s_corrupt": s_corrupt}
+
+
+def test_robust_recipe_keeps_harmless_contamination_at_p_val(robust_study):
+    """With the robust recipe, harmless contamination is flagged no more often than p_val
+    (within the bound that accounts for the reference's own variability), while harmful
+    contamination is still detected."""
+    harmless = detection_flags(robust_study, "harmless", (*HARMLESS_FRACTIONS, 1.0), ("greater",))
+    rates = harmless["greater"].mean(axis=1)
+    bound = fpr_bound(N_SPLITS, N_BATCHES)
+    for fraction, rate in zip((*HARMLESS_FRACTIONS, 1.0), rates, strict=True):
+        assert rate <= bound, (fraction, rate, bound)
+    harmful = detection_flags(robust_study, "harmful", (0.2, 0.3), ("greater",))["greater"]
+    assert harmful[0].mean() > 0.8 and harmful[1].mean() > 0.95, harmful.mean(axis=1)
