@@ -16,8 +16,10 @@ Targets (issue 2), as ratios to the reference: fit >= 5x, score >= 1.5x, peak RS
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -190,6 +192,24 @@ def report(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_tensorflow(n_fit: int, epochs: int, n_score: int) -> dict[str, Any] | None:
+    """Our tf.keras backend on the same architectures and sizes, in a fresh process; None when
+    TensorFlow is not installed."""
+    if importlib.util.find_spec("tensorflow") is None:
+        print("\n(tf.keras backend not measured: install the tensorflow extra)")
+        return None
+    cmd = [sys.executable, str(HERE / "bench_tensorflow.py"), "--n-fit", str(n_fit)]
+    cmd += ["--epochs", str(epochs), "--n-score", str(n_score)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    result = json.loads(out[out.index("{") :])
+    print(
+        f"\ndistilldetect, tf.keras backend (same models, one fit and one score call): fit "
+        f"{result['fit_inst_epoch_per_s']:.1f} inst*epoch/s, score {result['score_inst_per_s']:.1f} "
+        f"inst/s (tracing {result['trace_seconds']:.1f} s once), TensorFlow {result['tensorflow']}"
+    )
+    return result
+
+
 def _load(avg: Sequence[float] | None) -> str:
     return "?" if not avg else "/".join(f"{a:.2f}" for a in avg)
 
@@ -206,10 +226,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     g.add_argument("--reference", dest="reference", action="store_true", default=None)
     g.add_argument("--no-reference", dest="reference", action="store_false")
     p.add_argument("--json", default=None)
+    p.add_argument("--no-tensorflow", action="store_true", help="skip our tf.keras backend")
     a = p.parse_args(argv)
     if a.reference and not REFERENCE_PYTHON.exists():
         p.error(f"{REFERENCE_PYTHON} not found: build it with `make bench-reference`")
-    run(a.n_fit, a.epochs, a.n_score, a.repeats, a.rounds, a.threads, a.reference, a.json)
+    out = run(a.n_fit, a.epochs, a.n_score, a.repeats, a.rounds, a.threads, a.reference, a.json)
+    if not a.no_tensorflow:
+        out["tensorflow_backend"] = run_tensorflow(a.n_fit, a.epochs, a.n_score)
+        if a.json is not None:
+            Path(a.json).write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -526,7 +526,8 @@ class ModelDistillation(BaseDetector):
         Parameters
         ----------
         x_ref
-            Clean reference instances; they are scored once, now.
+            Clean reference instances, held out from the student's training data (scores of
+            training instances are lower, which inflates false alarms); scored once, now.
         p_val
             Significance level of the test.
         alternative
