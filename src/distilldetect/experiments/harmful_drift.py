@@ -347,8 +347,7 @@ def _teacher_key(cfg: StudyConfig) -> str:
 
 def _get_teacher(cfg: StudyConfig, x_train: np.ndarray, y_train: np.ndarray) -> tuple[Any, str]:
     """The teacher: loaded from ``teacher_path``, from the cache, or trained (and cached)."""
-    from ..backends import pytorch as tb
-    from ..models import build_model
+    from ..models import build_model, train_classifier
     from . import _teacher_cache
 
     if cfg.teacher_path is not None:
@@ -361,7 +360,7 @@ def _get_teacher(cfg: StudyConfig, x_train: np.ndarray, y_train: np.ndarray) -> 
     name, kwargs = TEACHERS[cfg.dataset]
     seed_torch(cfg.seed)
     teacher = build_model(name, **kwargs)
-    tb.train_classifier(
+    train_classifier(
         teacher,
         x_train,
         y_train,
