@@ -482,3 +482,15 @@ def test_losses_module_is_the_single_formula(fitted, digits, monkeypatch):
     monkeypatch.setattr(losses, "distillation_score", spy)
     fitted.score(digits[2][:10])
     assert calls
+
+
+def test_fit_restores_every_submodule_mode(digits, digits_teacher):
+    from distilldetect.backends.pytorch_models import mlp
+
+    student = mlp((8, 8), 10, (16,), dropout=0.2)
+    student.train()
+    student.net[2].eval()  # the user froze one submodule's mode on purpose
+    ModelDistillation(distilled_model=student, model=digits_teacher).fit(
+        digits[0][:100], epochs=1, verbose=False, seed=0
+    )
+    assert student.training and not student.net[2].training

@@ -232,8 +232,13 @@ class Trainer:
         if self.seed is not None:
             stack.enter_context(torch.random.fork_rng(devices=[]))
             torch.manual_seed(self.seed)
-        was_training = self.student.training
-        stack.callback(self.student.train, was_training)
+        modes = [(m, m.training) for m in self.student.modules()]
+
+        def restore() -> None:  # every submodule's own mode, as eval_mode does
+            for module, training in modes:
+                module.training = training
+
+        stack.callback(restore)
         self.student.train()
         self._stack = stack
         return self
