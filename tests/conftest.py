@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import numpy as np
 import pytest
 
@@ -66,3 +69,68 @@ def make_student():
         return mlp((8, 8), 10, hidden)
 
     return make
+
+
+# --------------------------------------------------------- a local HTTP server for downloads
+class LocalServer:
+    """Serves ``routes[path] = (body, extra_headers, cut)`` on 127.0.0.1; records requests.
+
+    ``cut=True`` announces the full ``Content-Length`` but sends half the body and closes.
+    """
+
+    def __init__(self) -> None:
+        self.routes: dict[str, tuple[bytes, dict[str, str], bool]] = {}
+        self.requests: list[str] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.requests.append(self.path)
+                route = owner.routes.get(self.path)
+                if route is None:
+                    self.send_error(404, "Not Found")
+                    return
+                body, headers, cut = route
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(body)))
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                if cut:
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:  # keep test output clean
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    def add(self, path: str, body: bytes, *, headers: dict | None = None, cut: bool = False) -> str:
+        self.routes[path] = (body, headers or {}, cut)
+        return self.url(path)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def server(monkeypatch):
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    srv = LocalServer()
+    yield srv
+    srv.close()

@@ -14,8 +14,6 @@ import hashlib
 import io
 import struct
 import tarfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -34,56 +32,6 @@ from distilldetect.datasets import cifar10c as c10c
 from distilldetect.datasets import fashion_mnist as fm
 
 # --------------------------------------------------------------------------- fixtures
-
-
-class LocalServer:
-    """Serves ``routes[path] = (body, headers)`` on 127.0.0.1 (port 0); records request paths."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, tuple[bytes, dict[str, str]]] = {}
-        self.requests: list[str] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                owner.requests.append(self.path)
-                if self.path not in owner.routes:
-                    self.send_error(404, "Not Found")
-                    return
-                body, headers = owner.routes[self.path]
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def add(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> str:
-        self.routes[path] = (body, headers or {})
-        return self.url(path)
-
-
-@pytest.fixture
-def server(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    srv = LocalServer()
-    yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
 
 
 @pytest.fixture(autouse=True)
@@ -670,7 +618,7 @@ def test_fetch_downloads_per_file_from_seldon(tmp_path, server, monkeypatch):
     arrays = write_c10c(tmp_path / "served", ("fog", "snow"))
     for name in ("fog", "snow", "labels"):
         body = (tmp_path / "served" / f"{name}.npy").read_bytes()
-        server.add(f"/cifar10c/{name}.npy", body, goog_md5(body))
+        server.add(f"/cifar10c/{name}.npy", body, headers=goog_md5(body))
     monkeypatch.setattr(c10c, "SELDON_URL", server.url("/cifar10c/{name}.npy"))
     monkeypatch.setattr(c10c, "N_ROWS", 5 * ROWS)
     bunch = fetch_cifar10c("fog", 5, verbose=False)
