@@ -548,3 +548,29 @@ def test_lazy_update_needs_the_raw_layout():
     with pytest.raises(ValueError, match=r"instances of shape \(3,\).*update_x_ref cannot add"):
         cd.predict(np.zeros((5, 3)))
     assert cd.n == 10
+
+
+def test_predict_preprocessed_matches_raw():
+    """Scores computed elsewhere give the same decision and p-value as the raw batch."""
+    rng = np.random.default_rng(3)
+    x_ref = rng.normal(size=(300, 4))
+    x = rng.normal(loc=0.3, size=(80, 4))
+    cd = KSDrift(x_ref, preprocess_fn=Recorder(), alternative="greater", update_x_ref={"last": 400})
+    twin = KSDrift(
+        x_ref, preprocess_fn=Recorder(), alternative="greater", update_x_ref={"last": 400}
+    )
+    raw = cd.predict(x)
+    pre = twin.predict(x.sum(axis=1), preprocessed=True)
+    assert raw["data"]["is_drift"] == pre["data"]["is_drift"]
+    np.testing.assert_array_equal(raw["data"]["p_val"], pre["data"]["p_val"])
+    np.testing.assert_array_equal(cd.x_ref, twin.x_ref)
+    p, d = twin.score(x.sum(axis=1), preprocessed=True)
+    np.testing.assert_array_equal(p, cd.score(x)[0])
+
+
+def test_predict_preprocessed_refused_for_lazy_reference():
+    cd = KSDrift(np.ones((10, 3)), preprocess_fn=Recorder(), preprocess_at_init=False)
+    with pytest.raises(ValueError, match="preprocessed=True needs a reference stored"):
+        cd.predict(np.ones(5), preprocessed=True)
+    with pytest.raises(TypeError, match="preprocessed must be True or False"):
+        cd.predict(np.ones((5, 3)), preprocessed="yes")

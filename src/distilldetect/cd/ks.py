@@ -273,11 +273,26 @@ class KSDrift(BaseDetector):
             )
         return check_array(out, f"preprocess_fn({name})", min_ndim=1)
 
-    def _prepare(self, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Check and preprocess ``x``: (reference 2-D, batch 2-D, batch as the reference stores it)."""
-        x = self._check_input(x, "x", raw=True)
+    def _prepare(
+        self, x: Any, preprocessed: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Check and preprocess ``x``: (reference 2-D, batch 2-D, batch as the reference stores it).
+
+        With ``preprocessed``, ``x`` is already ``preprocess_fn(batch)`` (e.g. scores computed
+        elsewhere) and is tested as it is.
+        """
+        preprocessed = _check_bool(preprocessed, "preprocessed")
+        x = self._check_input(x, "x", raw=not preprocessed)
         x_ref = self.x_ref
-        if self.preprocess_fn is not None:
+        if preprocessed and self.preprocess_fn is not None:
+            if not self._ref_is_preprocessed:
+                raise ValueError(
+                    "preprocessed=True needs a reference stored preprocessed; this detector "
+                    "preprocesses its raw reference lazily (preprocess_at_init=False), so the "
+                    "batch must be given raw"
+                )
+            x_proc = x_store = x
+        elif self.preprocess_fn is not None:
             x_proc = self._preprocess(x, "x")
             if not self._ref_is_preprocessed:
                 x_ref = self._preprocess(x_ref, "x_ref")
@@ -326,13 +341,16 @@ class KSDrift(BaseDetector):
         dists = np.asarray(res.statistic, dtype=np.float64).reshape(self.n_features)
         return p_vals, dists
 
-    def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def score(self, x: np.ndarray, *, preprocessed: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Kolmogorov-Smirnov p-value and distance of every feature of ``x`` against the reference.
 
         Parameters
         ----------
         x
             Test batch, instances first, in the layout of the raw reference.
+        preprocessed
+            (keyword) ``x`` is already the output of ``preprocess_fn`` (for a detector built by
+            ``ad.drift_detector``: the batch's scores), so it is not preprocessed again.
 
         Returns
         -------
@@ -348,7 +366,7 @@ class KSDrift(BaseDetector):
         >>> bool(p_vals[0] < 0.05)
         True
         """
-        x_ref, x2d, _ = self._prepare(x)
+        x_ref, x2d, _ = self._prepare(x, preprocessed)
         return self._ks(x_ref, x2d)
 
     def predict(
@@ -357,6 +375,8 @@ class KSDrift(BaseDetector):
         drift_type: str = "batch",
         return_p_val: bool = True,
         return_distance: bool = True,
+        *,
+        preprocessed: bool = False,
     ) -> dict[str, Any]:
         """Test ``x`` for drift, then update the reference if ``update_x_ref`` says so.
 
@@ -372,6 +392,11 @@ class KSDrift(BaseDetector):
             Return the p-values and the threshold they were compared with.
         return_distance
             Return the Kolmogorov-Smirnov statistics.
+        preprocessed
+            (keyword) ``x`` is already the output of ``preprocess_fn`` (scores logged or
+            computed elsewhere): it is tested, and added to an updated reference, as it is.
+            The decision is the one ``predict(raw_batch)`` gives when
+            ``preprocess_fn(raw_batch)`` equals ``x``.
 
         Returns
         -------
@@ -396,7 +421,7 @@ class KSDrift(BaseDetector):
         drift_type = _check_choice(drift_type, DRIFT_TYPES, "drift_type")
         return_p_val = _check_bool(return_p_val, "return_p_val")
         return_distance = _check_bool(return_distance, "return_distance")
-        x_ref, x2d, x_store = self._prepare(x)
+        x_ref, x2d, x_store = self._prepare(x, preprocessed)
         p_vals, dists = self._ks(x_ref, x2d)
 
         threshold: float | np.ndarray
