@@ -916,3 +916,19 @@ def test_rebuilding_leaves_the_global_random_state_alone(saved):
     torch.manual_seed(5)
     load_detector(saved)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_detector_parts(digits, digits_teacher, make_student):
+    from distilldetect import KSDrift, ModelDistillation
+    from distilldetect.saving import detector_parts
+
+    X = digits[0][:200]
+    ad = ModelDistillation(distilled_model=make_student(), model=digits_teacher)
+    assert detector_parts(ad) == (ad, None)
+    cd = ad.drift_detector(X[:50])
+    got_ad, got_cd = detector_parts(cd)
+    assert got_ad is ad and got_cd is cd
+    with pytest.raises(ValueError, match="without a ModelDistillation"):
+        detector_parts(KSDrift(np.zeros(10)))
+    with pytest.raises(TypeError, match="must be a ModelDistillation or a KSDrift"):
+        detector_parts("nope")

@@ -84,6 +84,7 @@ __all__ = [
     "load_detector",
     "write_bytes",
     "check_bytes",
+    "detector_parts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -487,6 +488,34 @@ def _preprocess_reference(fn: Any, name: str) -> tuple[Any, str, dict[str, Any]]
             "the KSDrift with ad.drift_detector(x_ref)"
         )
     return owner, call, keywords
+
+
+def detector_parts(detector: Any) -> tuple[ModelDistillation, KSDrift | None]:
+    """The ModelDistillation of a detector, and its harmful-drift detector if it is one.
+
+    A saved folder holds either a ModelDistillation, or a drift detector built by
+    ``ad.drift_detector`` whose ``preprocess_fn`` is that ModelDistillation's ``score``. The
+    service and batch scoring need both halves: the instance scores come from the first, the
+    drift test on those scores from the second (``predict(scores, preprocessed=True)``).
+
+    Examples
+    --------
+    >>> ad, cd = detector_parts(load_detector("detectors/fashion-drift"))  # doctest: +SKIP
+    """
+    from .ad.model_distillation import ModelDistillation
+    from .cd.ks import KSDrift
+
+    if isinstance(detector, ModelDistillation):
+        return detector, None
+    if isinstance(detector, KSDrift):
+        ref = _preprocess_reference(detector.preprocess_fn, "detector.preprocess_fn")
+        if ref is None:
+            raise ValueError(
+                "detector is a KSDrift without a ModelDistillation (preprocess_fn is None): "
+                "there are no instance scores to compute"
+            )
+        return ref[0], detector
+    raise TypeError(f"detector must be a ModelDistillation or a KSDrift, got {describe(detector)}")
 
 
 # ---------------------------------------------------------------------------------- writing
