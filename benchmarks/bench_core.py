@@ -233,7 +233,7 @@ def _child(
     if threads:
         torch.set_num_threads(threads)
     from distilldetect import ModelDistillation
-    from distilldetect.backends.pytorch_models import distilled_model_cifar10, resnet
+    from distilldetect.backends.torch.models import distilled_model_cifar10, resnet
 
     kind, unit = CONFIGS[config]
     rng = np.random.default_rng(0)

@@ -4,7 +4,7 @@ Run by hand: ``python benchmarks/bench_tensorflow.py [--n-fit N] [--epochs E] [-
 (needs the ``tensorflow`` extra). The teacher is the zoo's ResNet-20 (``resnet()``), the student
 the seed study's ``distilled_model_cifar10()``, both Keras; the input is synthetic
 ``(n, 32, 32, 3)`` float32 data (speed does not depend on the pixel values). The same
-architectures exist in PyTorch (:mod:`distilldetect.backends.pytorch_models`), so the figures
+architectures exist in PyTorch (:mod:`distilldetect.backends.torch.models`), so the figures
 compare directly with the torch backend's benchmark.
 
 Reported:
@@ -43,7 +43,7 @@ def run(n_fit: int = 1000, epochs: int = 2, n_score: int = 2000, seed: int = 0) 
 
     from distilldetect import ModelDistillation
     from distilldetect.backends.tensorflow import n_trainable_parameters
-    from distilldetect.backends.tensorflow_models import distilled_model_cifar10, resnet
+    from distilldetect.backends.tensorflow.models import distilled_model_cifar10, resnet
 
     rng = np.random.default_rng(seed)
     X_fit = rng.random((n_fit, 32, 32, 3), dtype=np.float32)

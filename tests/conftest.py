@@ -50,7 +50,7 @@ def digits_teacher(digits):
     """A torch MLP teacher trained on digits (~97 % test accuracy)."""
     import torch
 
-    from distilldetect.backends.pytorch_models import mlp
+    from distilldetect.backends.torch.models import mlp
 
     X_train, y_train, _, _ = digits
     torch.manual_seed(0)
@@ -62,7 +62,7 @@ def make_student():
     """Factory of small, seeded torch students for 8x8 digits."""
     import torch
 
-    from distilldetect.backends.pytorch_models import mlp
+    from distilldetect.backends.torch.models import mlp
 
     def make(seed: int = 1, hidden=(16,)):
         torch.manual_seed(seed)

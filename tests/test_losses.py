@@ -71,7 +71,7 @@ def test_kld_is_zero_on_identical_and_positive_otherwise():
 @pytest.mark.parametrize("loss_type", ["kld", "xent"])
 def test_torch_loss_matches_numpy(loss_type):
     torch = pytest.importorskip("torch")
-    from distilldetect.backends.pytorch import distillation_loss
+    from distilldetect.backends.torch import distillation_loss
 
     rng = np.random.default_rng(2)
     p = rng.dirichlet(np.ones(10) * 0.3, size=64)

@@ -152,7 +152,7 @@ def test_fit_returns_self_and_is_reproducible_with_seed(digits, digits_teacher, 
 
 
 def test_seeded_fit_with_dropout_is_reproducible_and_keeps_global_rng(digits, digits_teacher):
-    from distilldetect.backends.pytorch_models import mlp
+    from distilldetect.backends.torch.models import mlp
 
     X_train = digits[0][:300]
     outs = []
@@ -274,7 +274,7 @@ def test_callbacks_log_metric_and_early_stop(digits, digits_teacher, make_studen
 
 
 def test_custom_loss_fn_and_student_regularisation(digits, digits_teacher):
-    from distilldetect.backends.pytorch_models import mlp
+    from distilldetect.backends.torch.models import mlp
 
     X_train = digits[0][:200]
     calls = []
@@ -410,7 +410,7 @@ def test_logits_instead_of_probabilities(digits, digits_teacher, make_student):
 
 
 def test_class_count_mismatch(digits, digits_teacher):
-    from distilldetect.backends.pytorch_models import mlp
+    from distilldetect.backends.torch.models import mlp
 
     ad = ModelDistillation(distilled_model=mlp((8, 8), 7, (8,)), model=digits_teacher)
     with pytest.raises(ValueError, match="returns 10 classes but distilled_model returns 7"):
@@ -485,7 +485,7 @@ def test_losses_module_is_the_single_formula(fitted, digits, monkeypatch):
 
 
 def test_fit_restores_every_submodule_mode(digits, digits_teacher):
-    from distilldetect.backends.pytorch_models import mlp
+    from distilldetect.backends.torch.models import mlp
 
     student = mlp((8, 8), 10, (16,), dropout=0.2)
     student.train()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from distilldetect.backends.pytorch_models import (
+from distilldetect.backends.torch.models import (
     SameConv2d,
     build,
     cnn_classifier,

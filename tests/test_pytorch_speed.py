@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from distilldetect import ModelDistillation
-from distilldetect.backends import pytorch as tb
-from distilldetect.backends import pytorch_fast as pf
-from distilldetect.backends.pytorch_models import cnn_classifier, distilled_model_cifar10, resnet
+from distilldetect.backends.torch import fast as pf
+from distilldetect.backends.torch import runtime as tb
+from distilldetect.backends.torch.models import cnn_classifier, distilled_model_cifar10, resnet
 
 
 def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -225,7 +225,7 @@ def test_unknown_modules_run_as_they_are(images, workers):
 
 
 def test_subclass_of_a_zoo_model_is_not_trusted():
-    from distilldetect.backends.pytorch_models import DistilledCifar10
+    from distilldetect.backends.torch.models import DistilledCifar10
 
     class Changed(DistilledCifar10):
         def logits(self, x):
@@ -354,7 +354,7 @@ def test_scripting_waits_for_enough_rows(teacher, images, monkeypatch):
 
 @pytest.mark.parametrize("with_grad", [True, False])
 def test_parallel_step_adds_a_user_regulariser(workers, with_grad):
-    from distilldetect.backends.pytorch_models import mlp
+    from distilldetect.backends.torch.models import mlp
 
     torch.manual_seed(9)
     student = mlp((8, 8), 10, (16,)).double()

@@ -20,8 +20,9 @@ import pytest
 import torch
 
 import distilldetect
-from distilldetect import KSDrift, ModelDistillation, load_detector, save_detector, saving
-from distilldetect.backends.pytorch_models import mlp
+from distilldetect import KSDrift, ModelDistillation, files, load_detector, save_detector, saving
+from distilldetect.backends.torch.models import mlp
+from distilldetect.files import manifest_checksum
 from distilldetect.saving import DetectorFormatError
 
 SRC = Path(distilldetect.__file__).parent
@@ -98,18 +99,34 @@ def settings_of(ad: ModelDistillation) -> dict:
     }
 
 
-def rewrite_config(folder: Path, edit=None, rehash: bool = False) -> None:
-    """Edit config.json (``edit(config)``) and optionally recompute the recorded checksums."""
+def data_of(folder: Path) -> Path:
+    """The data folder that a saved detector's config.json names."""
+    return folder / json.loads((folder / "config.json").read_text())["data"]
+
+
+def rewrite_config(folder: Path, edit=None, rehash: bool = False, reseal: bool = True) -> None:
+    """Edit config.json (``edit(config)``); ``rehash`` recomputes the recorded file checksums,
+    ``reseal`` config.json's own checksum (as an attacker who rewrites every hash would)."""
     path = folder / "config.json"
     config = json.loads(path.read_text())
+    data = folder / config["data"]
     if edit is not None:
         edit(config)
     if rehash:
         for item in config["files"]:
-            data = (folder / item["file"]).read_bytes()
-            item["sha256"] = hashlib.sha256(data).hexdigest()
-            item["bytes"] = len(data)
+            raw = (data / item["file"]).read_bytes()
+            item["sha256"] = hashlib.sha256(raw).hexdigest()
+            item["bytes"] = len(raw)
+    if reseal:
+        config["checksum"] = manifest_checksum(config)
     path.write_text(json.dumps(config))
+
+
+MODELS = ["detector", "config"]  # where the model references live in config.json
+
+
+def model_entry(config: dict, name: str) -> dict:
+    return config["detector"]["config"][name]["$model"]["entry"]
 
 
 class Plant:
@@ -222,26 +239,25 @@ def test_zoo_round_trip_in_fresh_process(fitted, saved, digits, tmp_path):
 def test_config_format(saved):
     config = json.loads((saved / "config.json").read_text())
     assert config["format"] == "distilldetect-detector"
-    assert config["format_version"] == saving.FORMAT_VERSION == 1
+    assert config["format_version"] == saving.FORMAT_VERSION == 2
     assert config["library_version"] == distilldetect.__version__
-    assert config["detector"] == "ModelDistillation"
+    assert config["detector"]["class"] == "ModelDistillation"
+    assert config["checksum"] == manifest_checksum(config)
+    data = saved / config["data"]
     assert {item["file"] for item in config["files"]} == {
         "model.safetensors",
         "distilled_model.safetensors",
     }
     for item in config["files"]:
-        data = (saved / item["file"]).read_bytes()
+        raw = (data / item["file"]).read_bytes()
         assert item == {
             "file": item["file"],
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "bytes": len(data),
+            "sha256": hashlib.sha256(raw).hexdigest(),
+            "bytes": len(raw),
         }
-    assert config["models"]["model"]["architecture"]["kind"] == "zoo"
-    assert sorted(os.listdir(saved)) == [
-        "config.json",
-        "distilled_model.safetensors",
-        "model.safetensors",
-    ]
+    assert model_entry(config, "model")["architecture"]["kind"] == "zoo"
+    assert sorted(os.listdir(saved)) == [".lock", "config.json", config["data"]]
+    assert sorted(os.listdir(data)) == ["distilled_model.safetensors", "model.safetensors"]
 
 
 def test_custom_modules_round_trip_in_fresh_process(digits, tmp_path):
@@ -254,10 +270,13 @@ def test_custom_modules_round_trip_in_fresh_process(digits, tmp_path):
     ad.infer_threshold(X_train)
     save_detector(ad, tmp_path / "det")
 
-    entry = json.loads((tmp_path / "det" / "config.json").read_text())["models"]
-    assert entry["distilled_model"]["architecture"]["kind"] == "none"
-    assert entry["distilled_model"]["aliases"] == {}  # a transposed view is its own tensor
-    assert entry["model"]["aliases"] == {"alias.weight": "body.weight", "alias.bias": "body.bias"}
+    config = json.loads((tmp_path / "det" / "config.json").read_text())
+    assert model_entry(config, "distilled_model")["architecture"]["kind"] == "none"
+    assert model_entry(config, "distilled_model")["aliases"] == {}  # a transposed view: own tensor
+    assert model_entry(config, "model")["aliases"] == {
+        "alias.weight": "body.weight",
+        "alias.bias": "body.bias",
+    }
 
     with pytest.raises(ValueError, match=r"distilled_model=") as err:
         load_detector(tmp_path / "det")
@@ -299,9 +318,9 @@ def test_black_box_teacher_round_trip_in_fresh_process(digits, sklearn_teacher, 
     ad.infer_threshold(X_train, 95)
     save_detector(ad, tmp_path / "det")
     config = json.loads((tmp_path / "det" / "config.json").read_text())
-    assert config["models"]["model"]["framework"] == "callable"
-    assert config["models"]["model"]["files"] == []
-    assert sorted(os.listdir(tmp_path / "det")) == ["config.json", "distilled_model.safetensors"]
+    assert model_entry(config, "model")["framework"] == "callable"
+    assert model_entry(config, "model")["files"] == []
+    assert os.listdir(data_of(tmp_path / "det")) == ["distilled_model.safetensors"]
 
     with pytest.raises(ValueError, match=r"black-box model .*model=") as err:
         load_detector(tmp_path / "det")
@@ -409,12 +428,9 @@ def test_ksdrift_with_model_distillation_score_in_fresh_process(fitted, digits, 
     cd = fitted.drift_detector(X_test[:200], p_val=0.05, batch_size=64, update_x_ref={"last": 250})
     save_detector(cd, tmp_path / "cd")
     config = json.loads((tmp_path / "cd" / "config.json").read_text())
-    assert config["preprocess_fn"] == {
-        "type": "ModelDistillation.score",
-        "directory": "preprocess_fn",
-        "call": "partial",
-        "keywords": {"batch_size": 64},
-    }
+    score = config["detector"]["config"]["preprocess_fn"]["$score"]
+    assert score["keywords"] == {"batch_size": 64}
+    assert score["detector"]["class"] == "ModelDistillation"
     assert "preprocess_fn/distilled_model.safetensors" in {i["file"] for i in config["files"]}
 
     batch = X_test[200:300] + np.float32(0.3) * np.random.default_rng(1).random(
@@ -457,8 +473,9 @@ def test_ksdrift_preprocessing_variants_round_trip(fitted, digits, tmp_path, kwa
     save_detector(cd, tmp_path / "cd")
     loaded = load_detector(tmp_path / "cd")
     assert loaded.preprocess_fn.__func__ is ModelDistillation.score
-    for attr in ("p_val", "x_ref_preprocessed", "preprocess_at_init", "n_features", "n"):
+    for attr in ("p_val", "preprocess_at_init", "n_features", "n", "_ref_is_preprocessed"):
         assert getattr(loaded, attr) == getattr(cd, attr)
+    assert loaded.get_config()["x_ref_preprocessed"] == cd.get_config()["x_ref_preprocessed"]
     assert loaded.input_shape == cd.input_shape
     assert np.array_equal(loaded.x_ref, cd.x_ref)
     assert np.array_equal(loaded.score(X_test[150:250])[0], cd.score(X_test[150:250])[0])
@@ -509,24 +526,28 @@ def test_ksdrift_unsavable_preprocess_fn(fitted, digits, tmp_path, make_fn):
 
 # ====================================================================== hostile folders
 def _flip_byte(folder: Path) -> None:
-    path = folder / "model.safetensors"
+    path = data_of(folder) / "model.safetensors"
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
 
 
 def _truncate(folder: Path) -> None:
-    path = folder / "model.safetensors"
+    path = data_of(folder) / "model.safetensors"
     path.write_bytes(path.read_bytes()[:-10])
 
 
 @pytest.mark.parametrize(
     ("mutate", "rehash", "pattern"),
     [
-        (_flip_byte, False, r"model\.safetensors does not match the SHA-256"),
+        (_flip_byte, False, r"model\.safetensors does not match its recorded SHA-256"),
         (_truncate, False, r"model\.safetensors has \d+ bytes .* truncated"),
         (_truncate, True, r"model\.safetensors is not a valid safetensors file"),
-        (lambda f: (f / "model.safetensors").unlink(), False, r"model\.safetensors is missing"),
+        (
+            lambda f: (data_of(f) / "model.safetensors").unlink(),
+            False,
+            r"model\.safetensors is missing",
+        ),
     ],
     ids=["modified", "truncated", "truncated-and-rehashed", "missing"],
 )
@@ -542,7 +563,7 @@ def test_damaged_weights_name_the_file(saved, mutate, rehash, pattern):
 @pytest.mark.parametrize("target", ["model.safetensors", "distilled_model.safetensors"])
 def test_planted_pickle_weights_never_run(saved, tmp_path, rehash, target):
     marker = tmp_path / "pwned"
-    (saved / target).write_bytes(planted_pickle(tmp_path, marker))
+    (data_of(saved) / target).write_bytes(planted_pickle(tmp_path, marker))
     if rehash:  # the attacker also edits config.json
         rewrite_config(saved, rehash=True)
     with pytest.raises(DetectorFormatError) as err:
@@ -554,7 +575,7 @@ def test_planted_pickle_weights_never_run(saved, tmp_path, rehash, target):
 def test_planted_torch_save_weights_never_run(saved, tmp_path):
     marker = tmp_path / "pwned"
     planted_pickle(tmp_path, marker)
-    torch.save({"net.0.weight": Plant(marker)}, saved / "model.safetensors")
+    torch.save({"net.0.weight": Plant(marker)}, data_of(saved) / "model.safetensors")
     rewrite_config(saved, rehash=True)
     with pytest.raises(DetectorFormatError, match=r"model\.safetensors is not a valid"):
         load_detector(saved)
@@ -573,7 +594,7 @@ def test_planted_pickle_reference_never_runs(tmp_path):
     cd = KSDrift(np.random.default_rng(0).normal(size=(50, 2)))
     save_detector(cd, tmp_path / "cd")
     marker = tmp_path / "pwned"
-    (tmp_path / "cd" / "x_ref.safetensors").write_bytes(planted_pickle(tmp_path, marker))
+    (data_of(tmp_path / "cd") / "x_ref.safetensors").write_bytes(planted_pickle(tmp_path, marker))
     rewrite_config(tmp_path / "cd", rehash=True)
     with pytest.raises(DetectorFormatError, match=r"x_ref\.safetensors is not a valid"):
         load_detector(tmp_path / "cd")
@@ -588,7 +609,7 @@ def test_alibi_detect_pickle_folder_is_refused(tmp_path, fitted):
     with pytest.raises(DetectorFormatError, match="never loads pickles"):
         load_detector(folder)
     assert not marker.exists()
-    with pytest.raises(ValueError, match="refusing to replace"):
+    with pytest.raises(ValueError, match=r"not part of a saved detector: meta\.dill"):
         save_detector(fitted, folder)  # not ours: never deleted
     assert (folder / "meta.dill").exists()
 
@@ -606,33 +627,31 @@ def _set(path, value):
     return edit
 
 
+M = ["detector", "config", "model", "$model", "entry"]
+
+
 @pytest.mark.parametrize(
     ("edit", "pattern"),
     [
-        (_set(["format_version"], 2), r"saved by a newer distilldetect .*Upgrade distilldetect"),
+        (_set(["format_version"], 3), r"saved by a newer distilldetect .*Upgrade distilldetect"),
         (_set(["format_version"], "1"), r"'format_version' must be an integer"),
         (_set(["format"], "alibi"), r"not a distilldetect detector config"),
-        (_set(["detector"], "Evil"), r"unknown detector 'Evil'"),
+        (_set(["detector", "class"], "Evil"), r"unknown detector 'Evil'"),
         (_set(["surprise"], 1), r"unknown keys \['surprise'\]"),
-        (_set(["settings"], KeyError), r"missing keys \['settings'\]"),
-        (_set(["settings", "threshold"], "high"), r"settings\['threshold'\]"),
-        (_set(["settings", "extra"], 1), r"'settings' has missing keys \[\] and unknown"),
+        (_set(["detector"], KeyError), r"missing keys \['detector'\]"),
+        (_set(["detector", "config", "threshold"], "high"), r"settings are invalid: threshold"),
+        (_set(["detector", "config", "temperature"], 0.0), r"temperature must be a finite number"),
+        (_set(["detector", "config", "extra"], 1), r"unknown keys \['extra'\]"),
         (_set(["files", 0, "file"], "../det/model.safetensors"), r"not an allowed file name"),
         (_set(["files", 0, "file"], "/etc/passwd"), r"not an allowed file name"),
-        (_set(["models", "model", "framework"], "onnx"), r"unknown framework 'onnx'"),
+        (_set([*M, "framework"], "onnx"), r"unknown framework 'onnx'"),
+        (_set([*M, "architecture", "builder"], "os.system"), r"cannot rebuild model: .*os\.system"),
+        (_set([*M, "architecture", "kwargs", "hidden"], [10**7]), r"asks for more units than"),
         (
-            _set(["models", "model", "architecture", "builder"], "os.system"),
-            r"cannot rebuild model with builder 'os.system'",
-        ),
-        (
-            _set(["models", "model", "architecture", "kwargs", "hidden"], [10**7]),
-            r"has other tensors than the file",
-        ),
-        (
-            _set(["models", "model", "tensors", "net.0.bias", "shape"], [3]),
+            _set([*M, "tensors", "net.0.bias", "shape"], [3]),
             r"model\.safetensors does not hold the tensors config\.json lists",
         ),
-        (_set(["models", "model", "files"], ["other.bin"]), r"'other.bin', which is not listed"),
+        (_set([*M, "files"], ["other.bin"]), r"'other.bin' is not listed"),
     ],
     ids=[
         "newer-version",
@@ -642,6 +661,7 @@ def _set(path, value):
         "unknown-key",
         "missing-key",
         "bad-setting",
+        "cannot-score",
         "unknown-setting",
         "traversal",
         "absolute",
@@ -659,6 +679,15 @@ def test_invalid_config_is_a_clear_error(saved, edit, pattern):
     assert "config.json" in str(err.value) or "safetensors" in str(err.value)
 
 
+def test_hand_edited_config_is_refused(saved, fitted):
+    """A threshold edited by hand (x10) is refused: config.json checks its own checksum."""
+    rewrite_config(
+        saved, _set(["detector", "config", "threshold"], fitted.threshold * 10), reseal=False
+    )
+    with pytest.raises(DetectorFormatError, match="does not match its own checksum"):
+        load_detector(saved)
+
+
 def test_duplicate_json_keys_are_rejected(saved):
     text = (saved / "config.json").read_text()
     (saved / "config.json").write_text(
@@ -670,16 +699,15 @@ def test_duplicate_json_keys_are_rejected(saved):
 
 def test_symlinked_file_is_refused(saved, tmp_path):
     outside = tmp_path / "outside.safetensors"
-    (saved / "model.safetensors").rename(outside)
-    (saved / "model.safetensors").symlink_to(outside)
+    (data_of(saved) / "model.safetensors").rename(outside)
+    (data_of(saved) / "model.safetensors").symlink_to(outside)
     with pytest.raises(DetectorFormatError, match=r"model\.safetensors is not a regular file"):
         load_detector(saved)
 
 
-def test_unlisted_files_are_ignored_with_a_warning(saved, fitted, digits, caplog):
-    (saved / "notes.txt").write_text("hello")
+def test_unlisted_files_are_ignored(saved, fitted, digits):
+    (data_of(saved) / "notes.txt").write_text("hello")
     loaded = load_detector(saved)
-    assert "notes.txt is not listed" in caplog.text
     assert np.array_equal(loaded.score(digits[2]), fitted.score(digits[2]))
 
 
@@ -731,7 +759,17 @@ def test_loading_never_unpickles(saved, fitted, digits, tmp_path, monkeypatch):
     assert np.array_equal(loaded.x_ref, cd.x_ref)
 
 
-@pytest.mark.parametrize("path", ["saving.py", "backends/pytorch_io.py"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "files.py",
+        "saving/__init__.py",
+        "saving/codec.py",
+        "saving/folder.py",
+        "backends/torch/io.py",
+        "backends/tensorflow/io.py",
+    ],
+)
 def test_source_has_no_unsafe_loaders(path):
     tree = ast.parse((SRC / path).read_text())
     for node in ast.walk(tree):
@@ -752,9 +790,10 @@ def test_source_has_no_unsafe_loaders(path):
 # ========================================================================= atomic saving
 def test_interrupted_save_keeps_the_previous_detector(saved, fitted, digits, monkeypatch):
     old_threshold = fitted.threshold
+    old_data = data_of(saved).name
     fitted.threshold = old_threshold + 1.0
     writes = []
-    real_write = saving.write_bytes
+    real_write = files.write_new
 
     def failing_write(path, data):
         writes.append(Path(path).name)
@@ -762,13 +801,14 @@ def test_interrupted_save_keeps_the_previous_detector(saved, fitted, digits, mon
             raise OSError("disk full (simulated)")
         real_write(path, data)
 
-    monkeypatch.setattr(saving, "write_bytes", failing_write)
+    monkeypatch.setattr(files, "write_new", failing_write)
     with pytest.raises(OSError, match="simulated"):
         save_detector(fitted, saved)
     assert writes == ["distilled_model.safetensors", "model.safetensors"]
     monkeypatch.undo()
 
-    assert leftovers(saved.parent) == []  # no temporary folder left
+    assert sorted(os.listdir(saved)) == [".lock", "config.json", old_data]  # nothing left over
+    assert leftovers(saved.parent) == []
     loaded = load_detector(saved)
     assert loaded.threshold == old_threshold
     assert np.array_equal(loaded.score(digits[2]), fitted.score(digits[2]))
@@ -778,47 +818,94 @@ def test_interrupted_first_save_leaves_nothing(fitted, tmp_path, monkeypatch):
     def failing_write(path, data):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(saving, "write_bytes", failing_write)
+    monkeypatch.setattr(files, "write_new", failing_write)
     with pytest.raises(KeyboardInterrupt):
         save_detector(fitted, tmp_path / "det")
     assert os.listdir(tmp_path) == []
+    (tmp_path / "empty").mkdir()  # a folder the user made is left in place
+    with pytest.raises(KeyboardInterrupt):
+        save_detector(fitted, tmp_path / "empty")
+    assert os.listdir(tmp_path / "empty") == [".lock"]
+    monkeypatch.undo()
+    save_detector(fitted, tmp_path / "empty")
+    assert load_detector(tmp_path / "empty").threshold == fitted.threshold
 
 
-def test_failure_between_renames_rolls_back(saved, fitted, monkeypatch):
+def test_failed_config_replace_keeps_the_previous_detector(saved, fitted, monkeypatch):
     old_threshold = fitted.threshold
     fitted.threshold = old_threshold + 1.0
-    real_rename = os.rename
-    calls = []
+    real_replace = os.replace
 
-    def rename(src, dst):
-        calls.append((Path(src).name, Path(dst).name))
-        if len(calls) == 2:  # old detector moved aside; putting the new one in fails
+    def replace(src, dst):
+        if Path(dst).name == "config.json":
             raise OSError("rename failed (simulated)")
-        real_rename(src, dst)
+        real_replace(src, dst)
 
-    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(OSError, match="simulated"):
         save_detector(fitted, saved)
     monkeypatch.undo()
-    assert calls[0][0] == "det" and calls[0][1].startswith(".det.old-")
-    assert calls[2] == (calls[0][1], "det")  # rolled back
-    assert leftovers(saved.parent) == []
+    assert sorted(p.name for p in saved.iterdir() if p.name.startswith("v-")) == [
+        data_of(saved).name
+    ]
+    assert not [p for p in saved.iterdir() if ".tmp-" in p.name]
     assert load_detector(saved).threshold == old_threshold
 
 
-def test_crash_between_renames_is_reported_on_load(saved):
-    os.rename(saved, saved.with_name(".det.old-123"))
-    with pytest.raises(FileNotFoundError, match=r"interrupted.*\.det\.old-123"):
-        load_detector(saved)
+def test_format_1_save_killed_between_renames_is_recovered(tmp_path, fitted):
+    """A format-1 save killed between its renames left the detector aside as .det.old-<hex>:
+    loading (or the next save) puts it back."""
+    import shutil
+
+    fixture = Path(__file__).parent / "fixtures" / "v1" / "model_distillation"
+    shutil.copytree(fixture, tmp_path / ".det.old-0123456789ab")
+    loaded = load_detector(tmp_path / "det")
+    assert (
+        loaded.threshold
+        == json.loads((fixture / "config.json").read_text())["settings"]["threshold"]
+    )
+    assert sorted(os.listdir(tmp_path)) == ["det"]
+    shutil.copytree(fixture, tmp_path / ".det.tmp-0123456789ab")  # a killed save's partial copy
+    save_detector(fitted, tmp_path / "det")
+    assert sorted(os.listdir(tmp_path)) == ["det"]  # the stale copy was removed
+    assert load_detector(tmp_path / "det").threshold == fitted.threshold
 
 
-def test_save_replaces_whole(saved, fitted, digits):
-    (saved / "stale.txt").write_text("from an older save")
+def test_save_replaces_only_what_it_wrote(saved, fitted, digits):
+    old_data = data_of(saved)
     fitted.threshold = 0.123
     save_detector(fitted, saved)
-    assert not (saved / "stale.txt").exists()
+    assert not old_data.exists()
     assert load_detector(saved).threshold == 0.123
     assert leftovers(saved.parent) == []
+    (saved / "results.csv").write_text("the user's own file")
+    with pytest.raises(ValueError, match=r"not part of a saved detector: results\.csv"):
+        save_detector(fitted, saved)
+    assert (saved / "results.csv").read_text() == "the user's own file"
+    assert load_detector(saved).threshold == 0.123
+
+
+def test_format_1_folder_is_replaced_by_its_listed_files_only(tmp_path, fitted):
+    import shutil
+
+    fixture = Path(__file__).parent / "fixtures" / "v1" / "ks_drift"
+    shutil.copytree(fixture, tmp_path / "det")
+    save_detector(fitted, tmp_path / "det")  # every file of the old folder was listed: replaced
+    assert sorted(p for p in os.listdir(tmp_path / "det") if not p.startswith("v-")) == [
+        ".lock",
+        "config.json",
+    ]
+    shutil.rmtree(tmp_path / "det")
+    shutil.copytree(fixture, tmp_path / "det")
+    (tmp_path / "det" / "my_data").mkdir()
+    (tmp_path / "det" / "my_data" / "results.csv").write_text("precious")
+    with pytest.raises(ValueError, match="my_data"):
+        save_detector(fitted, tmp_path / "det")
+    assert (tmp_path / "det" / "my_data" / "results.csv").read_text() == "precious"
+    assert (
+        load_detector(tmp_path / "det").n
+        == json.loads((fixture / "config.json").read_text())["settings"]["n"]
+    )
 
 
 def test_save_into_empty_or_new_nested_folder(fitted, tmp_path):
@@ -835,7 +922,12 @@ def test_save_refuses_files_and_foreign_folders(fitted, tmp_path):
         save_detector(fitted, tmp_path / "file")
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "thesis.tex").write_text("precious")
-    with pytest.raises(ValueError, match="refusing to replace"):
+    with pytest.raises(ValueError, match=r"not part of a saved detector: thesis\.tex"):
+        save_detector(fitted, tmp_path / "home")
+    assert (tmp_path / "home" / "thesis.tex").read_text() == "precious"
+    # a folder whose config.json merely carries the format marker is not a detector
+    (tmp_path / "home" / "config.json").write_text('{"format": "distilldetect-detector"}')
+    with pytest.raises(ValueError, match="thesis.tex"):
         save_detector(fitted, tmp_path / "home")
     assert (tmp_path / "home" / "thesis.tex").read_text() == "precious"
 
@@ -848,7 +940,9 @@ def test_argument_errors(fitted, saved, tmp_path):
         load_detector(saved, enable_unsafe_loading=True)
     with pytest.raises(TypeError, match=r"unexpected keyword arguments \['custom_objects'\]"):
         load_detector(saved, custom_objects={})
-    with pytest.raises(TypeError, match="ModelDistillation or a KSDrift"):
+    with pytest.raises(
+        TypeError, match=r"detector must be one of \['KSDrift', 'ModelDistillation'"
+    ):
         save_detector(object(), tmp_path / "x")
     with pytest.raises(FileNotFoundError, match="no saved detector"):
         load_detector(tmp_path / "nowhere")
@@ -864,7 +958,7 @@ def test_subclasses_and_non_json_meta_are_refused(digits_teacher, make_student, 
         save_detector(ad, tmp_path / "x")
     ad = ModelDistillation(distilled_model=make_student(), model=digits_teacher)
     ad.meta["when"] = object()
-    with pytest.raises(ValueError, match=r"detector\.meta\['when'\]"):
+    with pytest.raises(ValueError, match=r"\['meta'\]\['when'\]"):
         save_detector(ad, tmp_path / "x")
     assert os.listdir(tmp_path) == []
 

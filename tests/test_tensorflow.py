@@ -20,10 +20,10 @@ import torch  # noqa: E402
 
 from distilldetect import ModelDistillation, losses  # noqa: E402
 from distilldetect.backends import framework_of  # noqa: E402
-from distilldetect.backends import pytorch_models as tzoo  # noqa: E402
-from distilldetect.backends import tensorflow as tfb  # noqa: E402
-from distilldetect.backends import tensorflow_io as tfio  # noqa: E402
-from distilldetect.backends import tensorflow_models as kzoo  # noqa: E402
+from distilldetect.backends.tensorflow import io as tfio  # noqa: E402
+from distilldetect.backends.tensorflow import models as kzoo  # noqa: E402
+from distilldetect.backends.tensorflow import runtime as tfb  # noqa: E402
+from distilldetect.backends.torch import models as tzoo  # noqa: E402
 
 pytestmark = pytest.mark.tensorflow
 
@@ -121,7 +121,7 @@ def test_predict_batch_with_a_keras_model(keras_teacher, flat):
 def test_importing_distilldetect_does_not_import_tensorflow():
     code = (
         "import sys, numpy as np, torch, distilldetect\n"
-        "from distilldetect.backends.pytorch_models import mlp\n"
+        "from distilldetect.backends.torch.models import mlp\n"
         "ad = distilldetect.ModelDistillation(distilled_model=mlp((4,), 2, (3,)), "
         "model=lambda x: np.full((len(x), 2), 0.5))\n"
         "ad.fit(np.zeros((8, 4), np.float32), epochs=1, verbose=False)\n"
@@ -548,7 +548,7 @@ def test_keras_io_round_trip_and_safe_mode(tmp_path, caplog):
         return keras.Model(inputs, Dense(2, activation="softmax")(doubled))
 
     lam = lambda_model()
-    with caplog.at_level("WARNING", logger="distilldetect.backends.tensorflow_io"):
+    with caplog.at_level("WARNING", logger="distilldetect.backends.tensorflow.io"):
         lam_entry = tfio.save_model(lam, tmp_path, "distilled_model")
     assert "distilled_model=model" in caplog.text  # said when saving already
     with pytest.raises(ValueError, match=r"safe mode.*Lambda.*distilled_model=model"):
@@ -590,7 +590,7 @@ def test_save_and_load_detector_with_keras_models(tmp_path, fitted, flat, digits
 
 
 def test_seed_builder_takes_the_classifier_first_and_unbuilt_students_fit(flat, keras_teacher):
-    from distilldetect.backends.tensorflow_models import cnn_classifier, distilled_model_cifar10
+    from distilldetect.backends.tensorflow.models import cnn_classifier, distilled_model_cifar10
 
     clf = cnn_classifier((28, 28), num_classes=7)
     student = distilled_model_cifar10(clf, nb_filters1=16, nb_dense=8)

@@ -6,6 +6,7 @@ value) with a message that names the argument, says what was expected and what w
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +17,13 @@ from ._version import __version__
 
 __all__ = [
     "BaseDetector",
+    "DETECTORS",
+    "MAX_SEED",
     "check_array",
+    "check_bool",
+    "check_json",
+    "check_keys",
+    "check_shape",
     "check_batch_size",
     "check_callable",
     "check_finite",
@@ -76,6 +83,11 @@ def check_array(
     >>> check_array(np.zeros((2, 3))).shape
     (2, 3)
     """
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a numpy masked array; its mask would be ignored. Fill the masked values "
+            f"(x.filled(...)) or drop those instances, and pass a plain array"
+        )
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {describe(x)}")
     if x.dtype.kind not in "biuf":
@@ -136,15 +148,104 @@ def check_callable(value: Any, name: str, *, allow_none: bool = True) -> Callabl
     return value
 
 
+#: Largest accepted seed: every framework's generator takes seeds below 2**63.
+MAX_SEED: int = 2**63 - 1
+
+
 def check_seed(seed: Any, name: str = "seed") -> int | None:
-    """Check a seed: None or a non-negative integer."""
+    """Check a seed: None or an integer in ``[0, 2**63 - 1]`` (what every framework accepts).
+
+    Examples
+    --------
+    >>> check_seed(2**64)
+    Traceback (most recent call last):
+    ...
+    ValueError: seed must be None or an integer in [0, 2**63 - 1], got 18446744073709551616
+    """
     if seed is None:
         return None
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"{name} must be None or a non-negative integer, got {describe(seed)}")
-    if seed < 0:
-        raise ValueError(f"{name} must be None or a non-negative integer, got {seed}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name} must be None or an integer in [0, 2**63 - 1], got {seed}")
     return int(seed)
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """Check a flag: ``True`` or ``False`` (numpy bools too); a string like ``'no'`` is refused.
+
+    Examples
+    --------
+    >>> check_bool(np.True_, "verbose")
+    True
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {describe(value)}")
+    return bool(value)
+
+
+def check_shape(shape: Any, name: str = "input_shape") -> tuple[int, ...]:
+    """Check an instance shape: a tuple or list of non-negative integers."""
+    if (
+        isinstance(shape, (str, bytes))
+        or not isinstance(shape, (tuple, list))
+        or not all(
+            isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0 for s in shape
+        )
+    ):
+        raise TypeError(
+            f"{name} must be None or a tuple of non-negative integers, got {describe(shape)}"
+        )
+    return tuple(int(s) for s in shape)
+
+
+def check_keys(config: Any, required: set[str], optional: set[str], name: str) -> dict[str, Any]:
+    """Check that ``config`` is a dict with all ``required`` keys and no key outside both sets."""
+    if not isinstance(config, dict):
+        raise TypeError(f"{name} must be a dict, got {describe(config)}")
+    missing = sorted(required - set(config))
+    unknown = sorted(set(config) - required - optional)
+    if missing or unknown:
+        raise ValueError(
+            f"{name} has missing keys {missing} and unknown keys {unknown}; expected "
+            f"{sorted(required)} and optionally {sorted(optional)}"
+        )
+    return config
+
+
+def check_json(value: Any, name: str) -> None:
+    """Raise ``ValueError`` unless ``value`` is plain, finite JSON data (tuples allowed).
+
+    Examples
+    --------
+    >>> check_json({"a": [1, 2.5, None]}, "meta")
+    >>> check_json({"a": float("nan")}, "meta")
+    Traceback (most recent call last):
+    ...
+    ValueError: meta['a'] is nan, which is not valid JSON (NaN and infinity cannot be saved)
+    """
+    if value is None or isinstance(value, (str, bool, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(
+                f"{name} is {value}, which is not valid JSON (NaN and infinity cannot be saved)"
+            )
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_json(item, f"{name}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{name} has a key {key!r} that is not a string; cannot save it")
+            check_json(item, f"{name}[{key!r}]")
+        return
+    raise ValueError(
+        f"{name} is {describe(value)}, which cannot be saved: saved detectors hold only JSON "
+        "data (str, int, float, bool, None, lists and dicts)"
+    )
 
 
 def check_probabilities(probs: Any, name: str, *, n_rows: int | None = None) -> np.ndarray:
@@ -184,15 +285,34 @@ def check_probabilities(probs: Any, name: str, *, n_rows: int | None = None) -> 
     return probs
 
 
+#: Detector classes by ``meta_name``: every subclass of :class:`BaseDetector` that describes
+#: itself (``get_config`` / ``from_config``), registered when its class is defined. Saving looks
+#: a saved detector's class up here, so a new detector needs no change to saving.
+DETECTORS: dict[str, type[BaseDetector]] = {}
+
+
 class BaseDetector:
     """Common base of all detectors: the ``meta`` dictionary and prediction-dict helpers.
 
-    Subclasses set ``meta_name``, ``detector_type`` and ``online``.
+    Subclasses set ``meta_name``, ``detector_type`` and ``online``. A subclass that can be
+    saved implements
+
+    * ``get_config() -> dict``: its constructor's arguments (JSON values, numpy arrays, models,
+      or a saved detector's ``score``), enough for ``from_config`` to rebuild it;
+    * ``from_config(config) -> detector`` (a classmethod) that builds through ``__init__``, so
+      the constructor's checks are the only checks;
+    * ``get_state() / set_state(state)``: what changes after construction (fit history,
+      samples seen, random state, meta), as JSON.
     """
 
     meta_name: str = "BaseDetector"
     detector_type: str = "unknown"
     online: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "get_config" in vars(cls) and "from_config" in vars(cls):
+            DETECTORS[cls.meta_name] = cls
 
     def __init__(self, data_type: str | None = None) -> None:
         if data_type is not None and not isinstance(data_type, str):

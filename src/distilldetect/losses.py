@@ -3,7 +3,8 @@
 Every backend's training loss is tested against the functions here, and the detector's
 ``score`` calls them directly. The definitions follow Keras (and so alibi-detect):
 
-* temperature sharpening of the teacher: ``p ** (1 / T)``, renormalised per row;
+* temperature sharpening of the teacher: ``p ** (1 / T)``, renormalised per row (computed in
+  log space);
 * ``'kld'``: Keras ``kl_divergence`` — both probability vectors clipped to ``[eps, 1]``, then
   ``sum(p * log(p / q))``;
 * ``'xent'``: Keras ``categorical_crossentropy`` on probabilities — the student's row is
@@ -25,6 +26,10 @@ __all__ = ["EPSILON", "LOSS_TYPES", "sharpen", "kld", "xent", "distillation_scor
 def sharpen(probs: np.ndarray, temperature: float) -> np.ndarray:
     """Sharpen (``T < 1``) or flatten (``T > 1``) probabilities: ``p ** (1 / T)``, renormalised.
 
+    Computed in log space, ``softmax((log p - max log p) / T)``, in float64: the same values as
+    the power formula, without its underflow to ``0 / 0`` when a small temperature meets a flat
+    row (any finite ``T > 0`` gives finite probabilities; as ``T -> 0`` the row tends to one-hot).
+
     Parameters
     ----------
     probs
@@ -35,17 +40,23 @@ def sharpen(probs: np.ndarray, temperature: float) -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        Array ``(n, k)`` of the same dtype whose rows sum to one.
+        Array ``(n, k)`` of the input's floating dtype whose rows sum to one.
 
     Examples
     --------
     >>> sharpen(np.array([[0.25, 0.75]]), 0.5).round(3)
     array([[0.1, 0.9]])
+    >>> sharpen(np.array([[0.5, 0.5 - 1e-9, 1e-9]]), 1e-4).round(3)  # no NaN
+    array([[1., 0., 0.]])
     """
     if temperature == 1:
         return probs
-    powered = np.power(probs, 1.0 / temperature)
-    return powered / powered.sum(axis=-1, keepdims=True)
+    dtype = probs.dtype if probs.dtype.kind == "f" else np.float64
+    with np.errstate(divide="ignore"):
+        logp = np.log(np.asarray(probs, dtype=np.float64))
+    z = (logp - logp.max(axis=-1, keepdims=True)) / temperature
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(dtype, copy=False)
 
 
 def kld(p: np.ndarray, q: np.ndarray, eps: float = EPSILON) -> np.ndarray:

@@ -6,29 +6,23 @@ tensorflow extra, ``backends/tensorflow_models.py``) so that this module imports
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import numpy as np
 
-from .backends import framework_of, get_backend
+from .backends import FRAMEWORKS, framework_of, get_backend, inference
+from .backends.zoo_args import MODEL_NAMES, check_builder_args
 from .base import (
     check_array,
     check_batch_size,
+    check_bool,
     check_positive_float,
     check_positive_int,
     check_seed,
+    describe,
 )
 
 __all__ = ["MODEL_NAMES", "build_model", "train_classifier"]
-
-#: Builders available in every framework.
-MODEL_NAMES: tuple[str, ...] = ("resnet", "distilled_model_cifar10", "cnn_classifier", "mlp")
-
-_ZOO = {
-    "pytorch": "distilldetect.backends.pytorch_models",
-    "tensorflow": "distilldetect.backends.tensorflow_models",
-}
 
 
 def build_model(name: str, framework: str = "pytorch", **kwargs: Any) -> Any:
@@ -47,11 +41,12 @@ def build_model(name: str, framework: str = "pytorch", **kwargs: Any) -> Any:
     --------
     >>> student = build_model("distilled_model_cifar10", input_shape=(32, 32, 3))  # doctest: +SKIP
     """
-    if framework not in _ZOO:
-        raise ValueError(f"framework must be one of {sorted(_ZOO)}, got {framework!r}")
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"framework must be one of {FRAMEWORKS}, got {framework!r}")
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; known: {list(MODEL_NAMES)}")
-    return importlib.import_module(_ZOO[framework]).build(name, **kwargs)
+    check_builder_args(name, kwargs)  # before the framework is even imported
+    return get_backend(framework).build_model(name, **kwargs)
 
 
 def train_classifier(
@@ -71,7 +66,8 @@ def train_classifier(
     Parameters
     ----------
     model
-        A torch module returning class probabilities (zoo models train on their logits).
+        A torch module or Keras model returning class probabilities (torch zoo models train on
+        their logits). Every sub-module's train/eval mode is restored afterwards.
     X, y
         Training instances and integer labels.
     epochs, batch_size, learning_rate
@@ -99,9 +95,25 @@ def train_classifier(
             f"got shape {y.shape} and dtype {y.dtype}"
         )
     framework = framework_of(model)
-    if framework != "pytorch":
-        raise TypeError(f"train_classifier supports torch modules, got a {framework} model")
-    return get_backend(framework).train_classifier(
+    if framework == "callable":
+        raise TypeError(
+            "train_classifier trains torch modules and Keras models, got a black-box callable "
+            f"({type(model).__name__}); train it with its own library"
+        )
+    if len(y) and y.min() < 0:
+        raise ValueError(f"y must hold class indices >= 0, got a minimum of {int(y.min())}")
+    backend = get_backend(framework)
+    with inference(model, framework) as forward:
+        probe = forward(X[:1])
+    n_classes = probe.shape[-1] if isinstance(probe, np.ndarray) and probe.ndim == 2 else None
+    if n_classes is None:
+        raise TypeError(f"model must return class probabilities (n, k), got {describe(probe)}")
+    if y.max() >= n_classes:
+        raise ValueError(
+            f"y holds class index {int(y.max())}, but the model has {n_classes} outputs (classes "
+            f"0 to {n_classes - 1})"
+        )
+    return backend.train_classifier(
         model,
         X,
         y,
@@ -109,5 +121,5 @@ def train_classifier(
         batch_size=check_batch_size(batch_size),
         learning_rate=check_positive_float(learning_rate, "learning_rate"),
         seed=check_seed(seed),
-        verbose=verbose,
+        verbose=check_bool(verbose, "verbose"),
     )

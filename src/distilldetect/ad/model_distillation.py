@@ -23,11 +23,14 @@ from ..base import (
     BaseDetector,
     check_array,
     check_batch_size,
+    check_bool,
     check_callable,
+    check_keys,
     check_positive_float,
     check_positive_int,
     check_probabilities,
     check_seed,
+    check_shape,
     describe,
 )
 
@@ -73,6 +76,8 @@ class ModelDistillation(BaseDetector):
         renormalised. ``T < 1`` sharpens, ``T > 1`` flattens.
     data_type
         Optional free-form description of the data ('image', 'tabular', ...), kept in ``meta``.
+    input_shape
+        (keyword) Shape of one instance, checked on every call; set by :meth:`fit` (None: any).
 
     Examples
     --------
@@ -99,6 +104,8 @@ class ModelDistillation(BaseDetector):
         loss_type: str = "kld",
         temperature: float = 1.0,
         data_type: str | None = None,
+        *,
+        input_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__(data_type)
         if model is None:
@@ -127,10 +134,18 @@ class ModelDistillation(BaseDetector):
         self.temperature = check_positive_float(temperature, "temperature")
         self.teacher_framework = teacher_framework
         self.student_framework = student_framework
-        self.input_shape: tuple[int, ...] | None = None
+        get_backend(student_framework)  # imported once, here: a missing framework fails now
+        self.input_shape: tuple[int, ...] | None = (
+            None if input_shape is None else check_shape(input_shape, "input_shape")
+        )
         self.history: list[dict[str, float]] = []
         self.meta["backend"] = student_framework
         self.meta["teacher_backend"] = teacher_framework
+
+    @property
+    def _student_backend(self) -> Any:
+        """The student's backend (imported by ``__init__``; a dictionary lookup here)."""
+        return get_backend(self.student_framework)
 
     # ------------------------------------------------------------------ checks
     def _check_X(self, X: Any, name: str = "X") -> np.ndarray:
@@ -173,7 +188,10 @@ class ModelDistillation(BaseDetector):
     # --------------------------------------------------------------- scoring
     @contextlib.contextmanager
     def _sessions(self) -> Iterator[tuple[Callable, Callable]]:
-        with inference(self.model) as teacher, inference(self.distilled_model) as student:
+        with (
+            inference(self.model, self.teacher_framework) as teacher,
+            self._student_backend.inference(self.distilled_model) as student,
+        ):
             yield teacher, student
 
     def _iter_probs(
@@ -207,7 +225,9 @@ class ModelDistillation(BaseDetector):
         X
             Batch of instances, in the layout the models expect.
         batch_size
-            Instances per forward pass; scores do not depend on it.
+            Instances per forward pass. Scores depend on it only through the models' own float
+            arithmetic (a forward pass on a batch of 256 can round differently from one on 32,
+            by about 1e-7 relative); the score formula itself is row by row.
         return_predictions
             Also return the sharpened teacher probabilities and the student probabilities.
         teacher_probs
@@ -226,6 +246,7 @@ class ModelDistillation(BaseDetector):
         """
         X = self._check_X(X)
         batch_size = check_batch_size(batch_size)
+        return_predictions = check_bool(return_predictions, "return_predictions")
         teacher_probs = self._check_teacher_probs(teacher_probs, len(X))
         scores = np.empty(len(X), dtype=np.float64)
         p_all = q_all = None
@@ -265,14 +286,14 @@ class ModelDistillation(BaseDetector):
             )
         if not 0 <= threshold_perc <= 100:
             raise ValueError(f"threshold_perc must be in [0, 100], got {threshold_perc}")
-        if (
-            isinstance(margin, bool)
-            or not isinstance(margin, numbers.Real)
-            or not math.isfinite(margin)
-        ):
+        if isinstance(margin, bool) or not isinstance(margin, numbers.Real):
             raise TypeError(f"margin must be a finite number, got {describe(margin)}")
+        if not math.isfinite(margin):
+            raise ValueError(f"margin must be a finite number, got {margin}")
         scores = self.score(X, batch_size=batch_size, teacher_probs=teacher_probs)
-        self.threshold = float(np.percentile(scores, threshold_perc)) + float(margin)
+        self.threshold = _check_threshold(
+            float(np.percentile(scores, threshold_perc)) + float(margin)
+        )
 
     def predict(
         self,
@@ -301,6 +322,7 @@ class ModelDistillation(BaseDetector):
                 "to ModelDistillation"
             )
         threshold = _check_threshold(self.threshold)
+        return_instance_score = check_bool(return_instance_score, "return_instance_score")
         scores = self.score(X, batch_size=batch_size, teacher_probs=teacher_probs)
         data = {
             "is_adversarial": (scores > threshold).astype(int),
@@ -345,6 +367,8 @@ class ModelDistillation(BaseDetector):
             trainable parameters with ``learning_rate``) or a ready optimizer instance.
         epochs, batch_size
             Passes over ``X`` and instances per step; minibatches are reshuffled every epoch.
+            A last minibatch of a single instance joins the one before it (batch normalisation
+            cannot train on one row), so every instance is used in every epoch.
         verbose
             Show a progress bar per epoch with the running loss (and metric).
         log_metric
@@ -383,15 +407,14 @@ class ModelDistillation(BaseDetector):
         X = check_array(X, "X", min_ndim=2)
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_batch_size(batch_size)
-        if not isinstance(verbose, (bool, np.bool_)):
-            raise TypeError(f"verbose must be a bool, got {describe(verbose)}")
+        verbose = check_bool(verbose, "verbose")
         loss_fn = check_callable(loss_fn, "loss_fn")
         preprocess_fn = check_callable(preprocess_fn, "preprocess_fn")
         augment_fn = check_callable(augment_fn, "augment_fn")
         seed = check_seed(seed)
         if learning_rate is not None:
             learning_rate = check_positive_float(learning_rate, "learning_rate")
-        metric_name, metric_fn = _check_log_metric(log_metric)
+        metric = _check_log_metric(log_metric)
         callbacks = _check_callbacks(callbacks)
         if preprocess_fn is not None and teacher_probs is not None:
             raise ValueError(
@@ -399,11 +422,63 @@ class ModelDistillation(BaseDetector):
                 "preprocessed batches"
             )
         teacher_probs = self._check_teacher_probs(teacher_probs, len(X))
+        self._probe(X, preprocess_fn, augment_fn, teacher_probs)
+        if self._student_backend.n_trainable_parameters(self.distilled_model) == 0:
+            raise ValueError("distilled_model has no trainable parameters; nothing to fit")
 
-        # Probe both models on two instances so that any shape or output problem is reported
-        # here, before the teacher cache is built or a training step runs.
-        probe = X[:2] if preprocess_fn is None else _preprocess(preprocess_fn, X[:2])
+        cache = None  # sharpened teacher targets for all of X, unless preprocessing is random
+        if preprocess_fn is None:
+            if teacher_probs is None:
+                teacher_probs = self._teacher_probs(X, max(batch_size, DEFAULT_BATCH_SIZE), verbose)
+            cache = losses.sharpen(teacher_probs, self.temperature).astype(np.float32, copy=False)
+        trainer = self._student_backend.Trainer(
+            self.distilled_model,
+            optimizer=optimizer,
+            learning_rate=learning_rate,
+            loss_type=self.loss_type,
+            loss_fn=loss_fn,
+            seed=seed,
+        )
+        rng = np.random.default_rng(seed)
         augment_rng = np.random.default_rng(None if seed is None else [seed, 1])
+        history: list[dict[str, float]] = []
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(trainer)
+            teacher = None if cache is not None else stack.enter_context(self._teacher_session())
+            for epoch in range(epochs):
+                targets = _Targets(cache, teacher, preprocess_fn, self.temperature, self._forward)
+                logs = self._train_epoch(
+                    trainer,
+                    X,
+                    targets,
+                    rng,
+                    augment_fn,
+                    augment_rng,
+                    batch_size,
+                    metric,
+                    f"Epoch {epoch + 1}/{epochs}",
+                    verbose,
+                )
+                history.append({"epoch": epoch + 1, **logs})
+                logger.info("epoch %d/%d: %s", epoch + 1, epochs, logs)
+                if any(cb(epoch, dict(logs)) is True for cb in callbacks):
+                    logger.info("training stopped by a callback after epoch %d", epoch + 1)
+                    break
+        self.history = history
+        self.input_shape = tuple(X.shape[1:]) if preprocess_fn is None else self.input_shape
+        return self
+
+    def _probe(
+        self,
+        X: np.ndarray,
+        preprocess_fn: Callable | None,
+        augment_fn: Callable | None,
+        teacher_probs: np.ndarray | None,
+    ) -> None:
+        """Run both models on two instances so that any shape or output problem is reported
+        before the teacher cache is built or a training step runs (this also builds a Keras
+        model that has no Input layer)."""
+        probe = X[:2] if preprocess_fn is None else _preprocess(preprocess_fn, X[:2])
         student_probe = probe
         if augment_fn is not None:
             student_probe = _augment(augment_fn, probe, np.random.default_rng(0))
@@ -416,87 +491,55 @@ class ModelDistillation(BaseDetector):
             )
         self._check_classes(p0, q0)
 
-        # After the probe: a Keras model without an Input layer is built by its first call.
-        backend = get_backend(self.student_framework)
-        if backend.n_trainable_parameters(self.distilled_model) == 0:
-            raise ValueError("distilled_model has no trainable parameters; nothing to fit")
+    def _teacher_session(self) -> contextlib.AbstractContextManager[Callable]:
+        return inference(self.model, self.teacher_framework)
 
-        cache = None
-        if preprocess_fn is None:
-            if teacher_probs is None:
-                teacher_probs = self._teacher_probs(X, max(batch_size, DEFAULT_BATCH_SIZE), verbose)
-            cache = losses.sharpen(teacher_probs, self.temperature).astype(np.float32, copy=False)
-
-        trainer = backend.Trainer(
-            self.distilled_model,
-            optimizer=optimizer,
-            learning_rate=learning_rate,
-            loss_type=self.loss_type,
-            loss_fn=loss_fn,
-            seed=seed,
-        )
-        rng = np.random.default_rng(seed)
-        n = len(X)
-        n_batches = math.ceil(n / batch_size)
-        history: list[dict[str, float]] = []
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(trainer)
-            teacher = None
-            if cache is None:
-                teacher = stack.enter_context(inference(self.model))
-            for epoch in range(epochs):
-                order = rng.permutation(n)
-                total = metric_total = 0.0
-                seen = 0
-                bar = tqdm(
-                    range(n_batches),
-                    desc=f"Epoch {epoch + 1}/{epochs}",
-                    disable=not verbose,
-                    leave=True,
+    def _train_epoch(
+        self,
+        trainer: Any,
+        X: np.ndarray,
+        targets: _Targets,
+        rng: np.random.Generator,
+        augment_fn: Callable | None,
+        augment_rng: np.random.Generator,
+        batch_size: int,
+        metric: tuple[str, Callable | None],
+        desc: str,
+        verbose: bool,
+    ) -> dict[str, float]:
+        """One pass over ``X`` in reshuffled minibatches; the epoch's mean loss (and metric)."""
+        metric_name, metric_fn = metric
+        batches = minibatches(rng.permutation(len(X)), batch_size)
+        total = metric_total = 0.0
+        seen = 0
+        bar = tqdm(batches, desc=desc, disable=not verbose, leave=True)
+        for step, idx in enumerate(bar, start=1):
+            x, p = targets(X, idx)
+            if augment_fn is not None:
+                x = _augment(augment_fn, x, augment_rng)
+            loss, q = trainer.step(x, p)
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"the training loss became {loss} at {desc.lower()}, step {step}; lower "
+                    "learning_rate or check the student's outputs"
                 )
-                for b in bar:
-                    idx = np.sort(order[b * batch_size : (b + 1) * batch_size])
-                    x = X[idx]
-                    if cache is None:
-                        x = _preprocess(preprocess_fn, x)
-                        p = losses.sharpen(
-                            self._forward(teacher, x, "model (teacher)"), self.temperature
-                        )
-                    else:
-                        p = cache[idx]
-                    if augment_fn is not None:
-                        x = _augment(augment_fn, x, augment_rng)
-                    loss, q = trainer.step(x, p)
-                    if not math.isfinite(loss):
-                        raise FloatingPointError(
-                            f"the training loss became {loss} at epoch {epoch + 1}, step {b + 1}; "
-                            "lower learning_rate or check the student's outputs"
-                        )
-                    total += loss * len(idx)
-                    seen += len(idx)
-                    postfix = {"loss": total / seen}
-                    if metric_fn is not None:
-                        metric_total += float(metric_fn(p, q)) * len(idx)
-                        postfix[metric_name] = metric_total / seen
-                    if verbose:
-                        bar.set_postfix(postfix, refresh=False)
-                logs = {"loss": total / seen}
-                if metric_fn is not None:
-                    logs[metric_name] = metric_total / seen
-                history.append({"epoch": epoch + 1, **logs})
-                logger.info("epoch %d/%d: %s", epoch + 1, epochs, logs)
-                stop = [cb(epoch, dict(logs)) for cb in callbacks]
-                if any(s is True for s in stop):
-                    logger.info("training stopped by a callback after epoch %d", epoch + 1)
-                    break
-        self.history = history
-        self.input_shape = tuple(X.shape[1:]) if preprocess_fn is None else self.input_shape
-        return self
+            total += loss * len(idx)
+            seen += len(idx)
+            postfix = {"loss": total / seen}
+            if metric_fn is not None:
+                metric_total += float(metric_fn(p, q)) * len(idx)
+                postfix[metric_name] = metric_total / seen
+            if verbose:
+                bar.set_postfix(postfix, refresh=False)
+        logs = {"loss": total / seen}
+        if metric_fn is not None:
+            logs[metric_name] = metric_total / seen
+        return logs
 
     def _teacher_probs(self, X: np.ndarray, batch_size: int, verbose: bool) -> np.ndarray:
         """Raw teacher probabilities for all of ``X``, computed in batches."""
         out: np.ndarray | None = None
-        with inference(self.model) as teacher:
+        with self._teacher_session() as teacher:
             starts = range(0, len(X), batch_size)
             for start in tqdm(starts, desc="Teacher outputs", disable=not verbose, leave=False):
                 x = X[start : start + batch_size]
@@ -552,6 +595,107 @@ class ModelDistillation(BaseDetector):
             alternative=alternative,
             **kwargs,
         )
+
+    # ------------------------------------------------------------ description
+    def get_config(self) -> dict[str, Any]:
+        """The constructor's arguments: everything :meth:`from_config` needs to rebuild this.
+
+        Settings are JSON values; ``model`` and ``distilled_model`` are the models themselves
+        (:func:`~distilldetect.save_detector` stores them by framework).
+
+        Examples
+        --------
+        >>> sorted(ad.get_config())  # doctest: +SKIP
+        ['data_type', 'distilled_model', 'input_shape', 'loss_type', 'model', 'temperature', 'threshold']
+        """
+        return {
+            "threshold": self.threshold,
+            "distilled_model": self.distilled_model,
+            "model": self.model,
+            "loss_type": self.loss_type,
+            "temperature": self.temperature,
+            "data_type": self.meta.get("data_type"),
+            "input_shape": None if self.input_shape is None else list(self.input_shape),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ModelDistillation:
+        """Build a detector from :meth:`get_config`'s dict, through ``__init__`` (its checks).
+
+        Examples
+        --------
+        >>> ad2 = ModelDistillation.from_config(ad.get_config())  # doctest: +SKIP
+        """
+        config = check_keys(config, {"distilled_model", "model"}, _CONFIG_KEYS, "config")
+        return cls(**config)
+
+    def get_state(self) -> dict[str, Any]:
+        """What changed after construction, as JSON: the training ``history`` and ``meta``."""
+        return {"history": [dict(h) for h in self.history], "meta": dict(self.meta)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`get_state`'s dict (validated; the backends in ``meta`` stay this
+        detector's own)."""
+        state = check_keys(state, {"history", "meta"}, set(), "state")
+        history, meta = state["history"], state["meta"]
+        if not isinstance(history, list) or not all(
+            isinstance(h, dict)
+            and all(
+                isinstance(k, str)
+                and (v is None or (isinstance(v, numbers.Real) and not isinstance(v, bool)))
+                for k, v in h.items()
+            )
+            for h in history
+        ):
+            raise ValueError("state['history'] must be a list of {name: number} dicts")
+        if not isinstance(meta, dict) or meta.get("name") != self.meta_name:
+            raise ValueError(f"state['meta'] must be a dict whose 'name' is {self.meta_name!r}")
+        backends = {k: self.meta[k] for k in ("backend", "teacher_backend")}
+        self.history = [dict(h) for h in history]
+        self.meta = {**meta, **backends}
+
+
+_CONFIG_KEYS = {"threshold", "loss_type", "temperature", "data_type", "input_shape"}
+
+
+def minibatches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Sorted index blocks of ``batch_size`` taken from ``order``; a last block of one instance
+    joins the block before it.
+
+    Examples
+    --------
+    >>> [b.tolist() for b in minibatches(np.array([4, 0, 3, 1, 2]), 2)]
+    [[0, 4], [1, 2, 3]]
+    """
+    starts = list(range(0, len(order), batch_size))
+    if len(starts) > 1 and len(order) - starts[-1] == 1:
+        starts.pop()
+    ends = starts[1:] + [len(order)]
+    return [np.sort(order[a:b]) for a, b in zip(starts, ends, strict=True)]
+
+
+class _Targets:
+    """The minibatch and its sharpened teacher targets: from the cache, or from the teacher on
+    the preprocessed batch."""
+
+    def __init__(
+        self,
+        cache: np.ndarray | None,
+        teacher: Callable | None,
+        preprocess_fn: Callable | None,
+        temperature: float,
+        forward: Callable,
+    ) -> None:
+        self.cache, self.teacher, self.preprocess_fn = cache, teacher, preprocess_fn
+        self.temperature, self.forward = temperature, forward
+
+    def __call__(self, X: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = X[idx]
+        if self.cache is not None:
+            return x, self.cache[idx]
+        x = _preprocess(self.preprocess_fn, x) if self.preprocess_fn is not None else x
+        p = self.forward(self.teacher, x, "model (teacher)")
+        return x, losses.sharpen(p, self.temperature)
 
 
 def _check_threshold(threshold: Any) -> float | None:

@@ -2,29 +2,16 @@
 
 Everything above this package sees numpy arrays and plain callables. A model is one of:
 
-* ``'pytorch'`` — a ``torch.nn.Module`` (handled by :mod:`distilldetect.backends.pytorch`);
+* ``'pytorch'`` — a ``torch.nn.Module`` (:mod:`distilldetect.backends.torch`);
 * ``'tensorflow'`` — a ``tf.keras`` / Keras 3 model (:mod:`distilldetect.backends.tensorflow`);
 * ``'callable'`` — any other callable mapping a numpy batch to an array of outputs
   (a scikit-learn ``predict_proba``, an ONNX session wrapper, a remote model). Such a model can
   be a teacher, never a student: a student must be trainable.
 
-Every backend module provides the same functions:
-
-``is_model(obj) -> bool``
-    Whether ``obj`` is a model of this framework.
-``inference(model) -> context manager yielding fn(x: np.ndarray) -> np.ndarray | tuple``
-    Forward passes without gradients in inference (eval) mode; the model's mode is restored
-    on exit and its weights are never modified.
-``n_trainable_parameters(model) -> int``
-``Trainer(student, optimizer, learning_rate, loss_type, loss_fn, seed)``
-    A context manager whose ``step(x, teacher_probs) -> (loss, student_probs)`` runs one
-    optimisation step of the distillation loss on one minibatch.
-``distillation_loss(p, q, loss_type) -> per-instance loss tensor``
-    The framework version of :func:`distilldetect.losses.distillation_score` (sharpening
-    excluded), tested against it.
-
-Frameworks are detected without importing them: a torch module can only exist if ``torch``
-was imported, a Keras model only if ``keras``/``tensorflow`` was.
+:data:`BACKENDS` is the one table from a framework name to the package that implements
+:class:`Backend` for it; :func:`get_backend` imports it on first use. Frameworks are detected
+without importing them: a torch module can only exist if ``torch`` was imported, a Keras model
+only if ``keras``/``tensorflow`` was.
 """
 
 from __future__ import annotations
@@ -34,35 +21,130 @@ import importlib
 import sys
 from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..base import describe
 
-__all__ = ["FRAMEWORKS", "framework_of", "get_backend", "inference"]
+__all__ = [
+    "BACKENDS",
+    "FRAMEWORKS",
+    "EXTRAS",
+    "Backend",
+    "framework_of",
+    "get_backend",
+    "inference",
+]
 
-FRAMEWORKS: tuple[str, ...] = ("pytorch", "tensorflow")
+#: Framework name (as saved in detector folders) -> the package implementing :class:`Backend`.
+BACKENDS: dict[str, str] = {
+    "pytorch": "distilldetect.backends.torch",
+    "tensorflow": "distilldetect.backends.tensorflow",
+}
+#: The frameworks a student (or a differentiable teacher) can come from.
+FRAMEWORKS: tuple[str, ...] = tuple(BACKENDS)
+#: The pip extra that installs each framework.
+EXTRAS: dict[str, str] = {"pytorch": "torch", "tensorflow": "tensorflow"}
 
 _KERAS_PACKAGES = ("keras", "tf_keras", "tensorflow")
 
-_MODULES = {
-    "pytorch": "distilldetect.backends.pytorch",
-    "tensorflow": "distilldetect.backends.tensorflow",
-}
+
+@runtime_checkable
+class Backend(Protocol):
+    """What every framework backend provides (a module satisfying this protocol).
+
+    The contract is checked for every backend by ``tests/test_backend_conformance.py``:
+    inference restores every sub-module's mode and never trains the teacher, concurrent
+    inference is safe, the training loss equals :mod:`distilldetect.losses`, seeding
+    reproduces, the optimizer rules hold, and saved models load back to the same outputs.
+    """
+
+    #: The framework's name, a key of :data:`BACKENDS`.
+    FRAMEWORK: str
+
+    def is_model(self, obj: Any) -> bool:
+        """Whether ``obj`` is a model of this framework."""
+        ...
+
+    def inference(self, model: Any) -> contextlib.AbstractContextManager[Callable[..., Any]]:
+        """A context manager yielding ``forward(x: np.ndarray) -> np.ndarray | tuple``.
+
+        Forward passes run without gradients in inference (eval) mode, safely from many threads
+        at once; the model's modes and weights are the same after each call as before.
+        """
+        ...
+
+    def n_trainable_parameters(self, model: Any) -> int:
+        """Number of trainable scalars."""
+        ...
+
+    def distillation_loss(self, p: Any, q: Any, loss_type: str = "kld") -> Any:
+        """Per-instance loss tensor: the framework twin of :func:`distilldetect.losses.kld` /
+        :func:`~distilldetect.losses.xent` (sharpening excluded)."""
+        ...
+
+    def manual_seed(self, seed: int) -> None:
+        """Seed the framework's global random numbers (before building a model)."""
+        ...
+
+    def Trainer(self, student: Any, **kwargs: Any) -> Any:  # noqa: N802 - a class
+        """``Trainer(student, optimizer, learning_rate, loss_type, loss_fn, seed)``: a context
+        manager whose ``step(x, teacher_probs) -> (loss, student_probs)`` runs one optimisation
+        step of the distillation loss."""
+        ...
+
+    def train_classifier(self, model: Any, X: np.ndarray, y: np.ndarray, **kwargs: Any) -> list:
+        """Supervised training of a softmax classifier (the studies' teachers)."""
+        ...
+
+    def build_model(self, name: str, **kwargs: Any) -> Any:
+        """A model of the zoo (:data:`distilldetect.models.MODEL_NAMES`)."""
+        ...
+
+    def save_model(self, model: Any, directory: Any, name: str) -> dict[str, Any]:
+        """Write the model's files into ``directory``; return its JSON entry."""
+        ...
+
+    def load_model(self, directory: Any, entry: dict[str, Any], model: Any = None) -> Any:
+        """Rebuild (or load the weights into ``model``) from the entry :meth:`save_model` gave."""
+        ...
 
 
-def get_backend(framework: str) -> ModuleType:
-    """Import and return the backend module for ``framework`` ('pytorch' or 'tensorflow').
+_LOADED: dict[str, ModuleType] = {}
+
+
+def get_backend(framework: str) -> Backend:
+    """The backend for ``framework`` ('pytorch' or 'tensorflow'), imported on first use.
+
+    Raises
+    ------
+    ValueError
+        For an unknown framework.
+    ImportError
+        If the framework is not installed; the message names the extra to install.
 
     Examples
     --------
-    >>> get_backend("pytorch").__name__
-    'distilldetect.backends.pytorch'
+    >>> get_backend("pytorch").FRAMEWORK
+    'pytorch'
     """
-    if framework not in _MODULES:
+    module = _LOADED.get(framework)
+    if module is not None:
+        return module  # type: ignore[return-value]
+    if framework not in BACKENDS:
         raise ValueError(f"framework must be one of {FRAMEWORKS}, got {framework!r}")
-    return importlib.import_module(_MODULES[framework])
+    try:
+        module = importlib.import_module(BACKENDS[framework])
+    except ImportError as err:
+        if getattr(err, "name", None) and str(err.name).startswith("distilldetect"):
+            raise
+        raise ImportError(
+            f"the {framework} backend needs {framework} installed: "
+            f"pip install 'distilldetect[{EXTRAS[framework]}]' ({err})"
+        ) from err
+    _LOADED[framework] = module
+    return module  # type: ignore[return-value]
 
 
 def framework_of(model: Any) -> str:
@@ -117,8 +199,17 @@ def _callable_inference(model: Callable) -> Iterator[Callable[[np.ndarray], Any]
     yield forward
 
 
-def inference(model: Any) -> contextlib.AbstractContextManager[Callable[[np.ndarray], Any]]:
+def inference(
+    model: Any, framework: str | None = None
+) -> contextlib.AbstractContextManager[Callable[[np.ndarray], Any]]:
     """Context manager yielding a numpy-in, numpy-out forward function for any model.
+
+    Parameters
+    ----------
+    model
+        A torch module, a Keras model or any callable.
+    framework
+        The model's framework if already known (skips :func:`framework_of`).
 
     Examples
     --------
@@ -126,7 +217,7 @@ def inference(model: Any) -> contextlib.AbstractContextManager[Callable[[np.ndar
     ...     forward(np.ones(2))
     array([2., 2.])
     """
-    framework = framework_of(model)
+    framework = framework_of(model) if framework is None else framework
     if framework == "callable":
         return _callable_inference(model)
     return get_backend(framework).inference(model)

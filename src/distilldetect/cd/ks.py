@@ -22,10 +22,14 @@ from scipy.stats import ks_2samp
 from ..base import (
     BaseDetector,
     check_array,
+    check_bool,
     check_callable,
     check_finite,
+    check_json,
+    check_keys,
     check_positive_int,
     check_seed,
+    check_shape,
     describe,
 )
 
@@ -49,6 +53,20 @@ CORRECTIONS: tuple[str, ...] = ("bonferroni", "fdr")
 DRIFT_TYPES: tuple[str, ...] = ("batch", "feature")
 #: Keys of ``update_x_ref``.
 UPDATE_METHODS: tuple[str, ...] = ("last", "reservoir_sampling")
+_CONFIG_KEYS: tuple[str, ...] = (
+    "x_ref",
+    "p_val",
+    "x_ref_preprocessed",
+    "preprocess_at_init",
+    "update_x_ref",
+    "preprocess_fn",
+    "correction",
+    "alternative",
+    "n_features",
+    "input_shape",
+    "data_type",
+    "seed",
+)
 #: The ``method`` passed to :func:`scipy.stats.ks_2samp`: SciPy's asymptotic distribution,
 #: as alibi-detect uses (its ``mode='asymp'``). ``'exact'`` gives other p-values on small samples.
 KS_METHOD: str = "asymp"
@@ -193,8 +211,8 @@ class KSDrift(BaseDetector):
     ) -> None:
         super().__init__(data_type)
         self.p_val = _check_p_val(p_val)
-        self.x_ref_preprocessed = _check_bool(x_ref_preprocessed, "x_ref_preprocessed")
-        self.preprocess_at_init = _check_bool(preprocess_at_init, "preprocess_at_init")
+        self.x_ref_preprocessed = check_bool(x_ref_preprocessed, "x_ref_preprocessed")
+        self.preprocess_at_init = check_bool(preprocess_at_init, "preprocess_at_init")
         self.update_x_ref = _check_update_x_ref(update_x_ref)
         self.preprocess_fn = check_callable(preprocess_fn, "preprocess_fn")
         self.correction = _check_choice(correction, CORRECTIONS, "correction")
@@ -204,7 +222,7 @@ class KSDrift(BaseDetector):
 
         x_ref = self._check_input(x_ref, "x_ref", raw=not self.x_ref_preprocessed)
         self.input_shape = (
-            tuple(x_ref.shape[1:]) if input_shape is None else _check_shape(input_shape)
+            tuple(x_ref.shape[1:]) if input_shape is None else check_shape(input_shape)
         )
         if self.preprocess_fn is not None and self._ref_is_preprocessed and not x_ref_preprocessed:
             x_ref = self._preprocess(x_ref, "x_ref")
@@ -261,7 +279,10 @@ class KSDrift(BaseDetector):
 
     def _preprocess(self, x: np.ndarray, name: str) -> np.ndarray:
         assert self.preprocess_fn is not None
-        out = self.preprocess_fn(x)
+        try:
+            out = self.preprocess_fn(x)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"preprocess_fn could not process {name}: {err}") from err
         if not isinstance(out, np.ndarray):
             raise TypeError(
                 f"preprocess_fn must return a numpy array, got {describe(out)} for {name}"
@@ -281,7 +302,7 @@ class KSDrift(BaseDetector):
         With ``preprocessed``, ``x`` is already ``preprocess_fn(batch)`` (e.g. scores computed
         elsewhere) and is tested as it is.
         """
-        preprocessed = _check_bool(preprocessed, "preprocessed")
+        preprocessed = check_bool(preprocessed, "preprocessed")
         x = self._check_input(x, "x", raw=not preprocessed)
         x_ref = self.x_ref
         if preprocessed and self.preprocess_fn is not None:
@@ -419,8 +440,8 @@ class KSDrift(BaseDetector):
         1
         """
         drift_type = _check_choice(drift_type, DRIFT_TYPES, "drift_type")
-        return_p_val = _check_bool(return_p_val, "return_p_val")
-        return_distance = _check_bool(return_distance, "return_distance")
+        return_p_val = check_bool(return_p_val, "return_p_val")
+        return_distance = check_bool(return_distance, "return_distance")
         x_ref, x2d, x_store = self._prepare(x, preprocessed)
         p_vals, dists = self._ks(x_ref, x2d)
 
@@ -445,6 +466,67 @@ class KSDrift(BaseDetector):
                 "threshold": threshold if return_p_val else None,
             }
         )
+
+    # ------------------------------------------------------------ description
+    def get_config(self) -> dict[str, Any]:
+        """The constructor's arguments: everything :meth:`from_config` needs to rebuild this.
+
+        ``x_ref`` is the reference as stored; when it is stored preprocessed,
+        ``x_ref_preprocessed`` is True, so that rebuilding does not preprocess it again (as
+        alibi-detect saves it). ``preprocess_fn`` is the function itself.
+
+        Examples
+        --------
+        >>> cd = KSDrift(np.zeros((10, 2)), p_val=0.01)
+        >>> KSDrift.from_config(cd.get_config()).p_val
+        0.01
+        """
+        return {
+            "x_ref": self.x_ref,
+            "p_val": self.p_val,
+            "x_ref_preprocessed": bool(
+                self.x_ref_preprocessed
+                or (self.preprocess_fn is not None and self._ref_is_preprocessed)
+            ),
+            "preprocess_at_init": self.preprocess_at_init,
+            "update_x_ref": None if self.update_x_ref is None else dict(self.update_x_ref),
+            "preprocess_fn": self.preprocess_fn,
+            "correction": self.correction,
+            "alternative": self.alternative,
+            "n_features": self.n_features,
+            "input_shape": None if self.input_shape is None else list(self.input_shape),
+            "data_type": self.meta.get("data_type"),
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> KSDrift:
+        """Build a detector from :meth:`get_config`'s dict, through ``__init__`` (its checks)."""
+        config = check_keys(config, {"x_ref"}, set(_CONFIG_KEYS) - {"x_ref"}, "config")
+        return cls(**config)
+
+    def get_state(self) -> dict[str, Any]:
+        """What changed after construction, as JSON: instances seen, the reservoir-sampling
+        generator's state and ``meta``."""
+        return {"n": self.n, "rng_state": self.rng_state, "meta": dict(self.meta)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`get_state`'s dict (validated)."""
+        state = check_keys(state, {"n", "rng_state", "meta"}, set(), "state")
+        n, rng_state, meta = state["n"], state["rng_state"], state["meta"]
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+            raise ValueError(f"state['n'] must be an integer >= 0, got {describe(n)}")
+        if not isinstance(meta, dict) or meta.get("name") != self.meta_name:
+            raise ValueError(f"state['meta'] must be a dict whose 'name' is {self.meta_name!r}")
+        check_json(meta, "state['meta']")
+        generator = np.random.default_rng()
+        try:
+            generator.bit_generator.state = rng_state
+        except (TypeError, ValueError, KeyError) as err:
+            raise ValueError(f"state['rng_state'] is not a random generator state: {err}") from None
+        self.n = int(n)
+        self.rng = generator
+        self.meta = dict(meta)
 
     # ------------------------------------------------------------ updates
     def _updated_reference(self, x: np.ndarray) -> np.ndarray:
@@ -529,12 +611,6 @@ def _check_p_val(p_val: Any) -> float:
     return float(p_val)
 
 
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {describe(value)}")
-    return bool(value)
-
-
 def _check_choice(value: Any, choices: tuple[str, ...], name: str) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
@@ -556,13 +632,3 @@ def _check_update_x_ref(update_x_ref: Any) -> dict[str, int] | None:
         )
     ((method, size),) = update_x_ref.items()
     return {method: check_positive_int(size, f"update_x_ref[{method!r}]")}
-
-
-def _check_shape(shape: Any) -> tuple[int, ...]:
-    if not isinstance(shape, (tuple, list)) or not all(
-        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0 for s in shape
-    ):
-        raise TypeError(
-            f"input_shape must be None or a tuple of non-negative integers, got {describe(shape)}"
-        )
-    return tuple(int(s) for s in shape)

@@ -1,21 +1,19 @@
 """The study's teacher on disk: a folder with ``teacher.json`` and the weights (safetensors).
 
-Written atomically (temporary sibling folder, then rename) through the backend's model IO, so
-an interrupted training run never leaves a half-written teacher that a later run would trust.
-``load_teacher`` also accepts a folder written by :func:`distilldetect.save_detector` (its
-teacher is used).
+Written through :func:`distilldetect.files.replace_folder` (a new data folder, then an atomic
+rename of ``teacher.json``) and the backend's model IO, so an interrupted training run never
+leaves a half-written teacher that a later run would trust, and nothing else in the folder is
+ever deleted. ``load_teacher`` also accepts a folder written by
+:func:`distilldetect.save_detector` (its teacher is used).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..backends import framework_of
+from .. import files
+from ..backends import BACKENDS, framework_of, get_backend
 
 CONFIG = "teacher.json"
 
@@ -27,28 +25,16 @@ def exists(directory: Path) -> bool:
 
 def save_teacher(model: Any, directory: Path) -> None:
     """Save a zoo teacher (architecture by builder name + weights) atomically into ``directory``."""
-    from importlib import import_module
-
     framework = framework_of(model)
-    io = import_module(f"distilldetect.backends.{framework}_io")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
-        entry = io.save_model(model, tmp, "teacher")
-        entry["checksums"] = {
-            f: {
-                "sha256": hashlib.sha256((tmp / f).read_bytes()).hexdigest(),
-                "bytes": (tmp / f).stat().st_size,
-            }
-            for f in entry["files"]
-        }
-        (tmp / CONFIG).write_text(json.dumps({"framework": framework, "model": entry}, indent=2))
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    def write(data_dir: Path) -> dict[str, Any]:
+        entry = get_backend(framework).save_model(model, data_dir, "teacher")
+        checksums = {f: files.sha256_file(data_dir / f) for f in entry["files"]}
+        return {"framework": framework, "model": entry, "checksums": checksums}
+
+    files.replace_folder(
+        Path(directory), write, manifest=CONFIG, owned=lambda _: set(), what="a cached teacher"
+    )
 
 
 def load_teacher(directory: Path) -> Any:
@@ -56,13 +42,20 @@ def load_teacher(directory: Path) -> Any:
 
     The weights are checked against the SHA-256 recorded at save time before they are parsed.
     """
-    from importlib import import_module
+    directory = Path(directory)
+    if (directory / CONFIG).is_file():
 
-    config = directory / CONFIG
-    if config.is_file():
-        spec = json.loads(config.read_text())
-        io = import_module(f"distilldetect.backends.{spec['framework']}_io")
-        return io.load_model(directory, spec["model"])
+        def read(data_dir: Path, spec: dict[str, Any]) -> Any:
+            framework = spec.get("framework")
+            if framework not in BACKENDS or not isinstance(spec.get("model"), dict):
+                raise files.DetectorFormatError(
+                    f"{directory / CONFIG} names an unknown framework {framework!r}; expected one "
+                    f"of {sorted(BACKENDS)}"
+                )
+            entry = {**spec["model"], "checksums": spec.get("checksums") or {}}
+            return get_backend(framework).load_model(data_dir, entry)
+
+        return files.read_folder(directory, read, manifest=CONFIG)
     if (directory / "config.json").is_file():
         from ..saving import load_detector
 

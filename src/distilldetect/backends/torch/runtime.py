@@ -2,7 +2,7 @@
 
 Models receive float tensors built from the numpy batch without reordering axes: a model for
 images stored as ``(n, h, w, c)`` must accept that layout (the models of
-:mod:`distilldetect.backends.pytorch_models` do, and run channels-last internally).
+:mod:`distilldetect.backends.torch.models` do, and run channels-last internally).
 """
 
 from __future__ import annotations
@@ -14,13 +14,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..base import describe
-from ..losses import EPSILON, LOSS_TYPES
-from . import pytorch_fast
+from ...base import describe
+from ...losses import EPSILON, LOSS_TYPES
+from . import fast
+from .modes import model_lock, preserve_modes
 
 __all__ = [
     "is_model",
     "inference",
+    "model_lock",
+    "preserve_modes",
+    "model_device",
     "n_trainable_parameters",
     "model_dtype",
     "to_tensor",
@@ -52,7 +56,18 @@ def model_device(model: torch.nn.Module) -> torch.device:
 def to_tensor(
     x: np.ndarray, dtype: torch.dtype, device: torch.device | None = None
 ) -> torch.Tensor:
-    """A tensor of ``dtype`` with the contents of ``x`` (zero-copy when dtype and layout allow)."""
+    """A tensor of ``dtype`` with the contents of ``x`` (zero-copy when dtype and layout allow).
+
+    Big-endian (non-native byte order) and read-only arrays are copied into native, writeable
+    memory first: torch reads only native byte order.
+
+    Examples
+    --------
+    >>> to_tensor(np.arange(3, dtype=">f4"), torch.float32).tolist()
+    [0.0, 1.0, 2.0]
+    """
+    if not x.dtype.isnative:
+        x = x.astype(x.dtype.newbyteorder("="))
     if not x.flags.writeable:
         x = np.array(x)  # torch.from_numpy warns on read-only (e.g. memory-mapped) arrays
     tensor = torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
@@ -70,26 +85,17 @@ def _to_numpy(out: Any) -> np.ndarray | tuple[np.ndarray, ...]:
 
 
 @contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode for the duration of the block, then restore each submodule."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-@contextlib.contextmanager
 def inference(model: torch.nn.Module) -> Iterator[Callable[[np.ndarray], Any]]:
     """Yield ``forward(x) -> numpy`` running ``model`` in eval mode without autograd.
 
-    The model's weights and ``requires_grad`` flags are untouched; its training mode is
-    restored when the block exits. Models built from known layers run through
-    :class:`~distilldetect.backends.pytorch_fast.FastForward` (a cached BatchNorm-folded copy,
-    row blocks on single-threaded workers); their outputs agree with the plain forward up to
-    float rounding. Other models, and any model with hooks, run as they are.
+    Safe to call from many threads at once: each call holds the model's lock
+    (:func:`model_lock`) while the model is in eval mode, and restores every sub-module's mode
+    before releasing it, so the model's modes are the same after each call as before and never
+    depend on another thread's call. The weights and ``requires_grad`` flags are untouched.
+    Models built from known layers run through :class:`~distilldetect.backends.torch.fast.
+    FastForward` (a cached BatchNorm-folded copy, row blocks on single-threaded workers); their
+    outputs agree with the plain forward up to float rounding. Other models, and any model with
+    hooks, run as they are.
 
     Examples
     --------
@@ -100,15 +106,15 @@ def inference(model: torch.nn.Module) -> Iterator[Callable[[np.ndarray], Any]]:
     """
     dtype = model_dtype(model)
     device = model_device(model)
-    run = pytorch_fast.FastForward(model)
+    run = fast.FastForward(model)
 
     def forward(x: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        xt = to_tensor(x, dtype, device)
         # inference mode per call, not for the whole block: a student may train in between
-        with torch.inference_mode():
-            return _to_numpy(run(to_tensor(x, dtype, device)))
+        with preserve_modes(model, training=False), torch.inference_mode():
+            return _to_numpy(run(xt))
 
-    with eval_mode(model):
-        yield forward
+    yield forward
 
 
 def manual_seed(seed: int) -> None:
@@ -232,14 +238,7 @@ class Trainer:
         if self.seed is not None:
             stack.enter_context(torch.random.fork_rng(devices=[]))
             torch.manual_seed(self.seed)
-        modes = [(m, m.training) for m in self.student.modules()]
-
-        def restore() -> None:  # every submodule's own mode, as eval_mode does
-            for module, training in modes:
-                module.training = training
-
-        stack.callback(restore)
-        self.student.train()
+        stack.enter_context(preserve_modes(self.student, training=True))
         self._stack = stack
         return self
 
@@ -252,10 +251,10 @@ class Trainer:
         """Run one step on a minibatch; return the batch loss and the student's probabilities."""
         xt = to_tensor(x, self.dtype, self.device)
         pt = to_tensor(teacher_probs, self.dtype, self.device)
-        fast = self._parallel_step(xt, pt)
-        if fast is not None:
-            return fast
-        q = pytorch_fast.train_forward(self.student)(xt)
+        split = self._parallel_step(xt, pt)
+        if split is not None:
+            return split
+        q = fast.train_forward(self.student)(xt)
         if not isinstance(q, torch.Tensor):
             raise TypeError(f"distilled_model must return a tensor, got {describe(q)}")
         if self.loss_fn is None:
@@ -287,7 +286,7 @@ class Trainer:
         def share(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
             return distillation_loss(p, q, loss_type).sum() / n
 
-        out = pytorch_fast.parallel_gradients(self.student, params, xt, pt, share)
+        out = fast.parallel_gradients(self.student, params, xt, pt, share)
         if out is None:
             return None
         loss, q, grads = out
@@ -325,7 +324,8 @@ def train_classifier(
     """Supervised training of a softmax classifier (the study's teacher) with Adam.
 
     Uses the model's ``forward_logits`` method when it has one (numerically stable cross-entropy),
-    else the log of its probabilities. Seeded like :class:`Trainer` (global RNG restored).
+    else the log of its probabilities. Seeded like :class:`Trainer` (global RNG restored). Data
+    go to the model's device; every sub-module's mode is restored afterwards.
 
     Returns
     -------
@@ -334,7 +334,7 @@ def train_classifier(
 
     Examples
     --------
-    >>> from distilldetect.backends.pytorch_models import mlp
+    >>> from distilldetect.backends.torch.models import mlp
     >>> net = mlp((4,), 2, (8,))
     >>> X = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
     >>> len(train_classifier(net, X, (X[:, 0] > 0).astype(int), epochs=2, verbose=False, seed=0))
@@ -342,8 +342,9 @@ def train_classifier(
     """
     from tqdm.auto import tqdm
 
-    labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
     dtype = model_dtype(model)
+    device = model_device(model)
+    labels = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device)
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=learning_rate
     )
@@ -353,8 +354,7 @@ def train_classifier(
         if seed is not None:
             stack.enter_context(torch.random.fork_rng(devices=[]))
             torch.manual_seed(seed)
-        stack.callback(model.eval)
-        model.train()
+        stack.enter_context(preserve_modes(model, training=True))
         for epoch in range(epochs):
             order = rng.permutation(len(X))
             total = 0.0
@@ -366,7 +366,7 @@ def train_classifier(
             )
             for start in bar:
                 idx = np.sort(order[start : start + batch_size])
-                xb = to_tensor(X[idx], dtype)
+                xb = to_tensor(X[idx], dtype, device)
                 if hasattr(model, "forward_logits"):  # zoo models: stable cross-entropy on logits
                     loss = torch.nn.functional.cross_entropy(model.forward_logits(xb), labels[idx])
                 else:

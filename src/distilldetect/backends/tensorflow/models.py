@@ -1,4 +1,4 @@
-"""The model zoo in Keras: the same teachers and students as :mod:`.pytorch_models`.
+"""The model zoo in Keras: the same teachers and students as :mod:`distilldetect.backends.torch.models`.
 
 Every builder has the name, arguments, layer structure and trainable-parameter count of its
 PyTorch twin, takes images as numpy stores them, ``(n, h, w, c)`` or ``(n, h, w)`` for
@@ -11,7 +11,7 @@ Keras layer is named after the PyTorch module it mirrors (``blocks.3.conv1`` →
 Only built-in Keras layers are used: the models save to the ``.keras`` format and load back with
 ``safe_mode=True`` anywhere, without this package. Each model records its builder and arguments
 in ``model.builder_config`` (a JSON-able dict; saved beside the model by
-:mod:`distilldetect.backends.tensorflow_io`).
+:mod:`distilldetect.backends.tensorflow.io`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import Any
 
 import keras
 from keras import layers
+
+from ..zoo_args import check_builder_args
 
 __all__ = [
     "BUILDERS",
@@ -303,6 +305,5 @@ def build(name: str, **kwargs: Any) -> keras.Model:
     >>> build("mlp", input_shape=[4], num_classes=2, hidden=[3]).builder_config["name"]
     'mlp'
     """
-    if name not in BUILDERS:
-        raise ValueError(f"unknown model builder {name!r}; known: {sorted(BUILDERS)}")
+    check_builder_args(name, kwargs)
     return BUILDERS[name](**kwargs)

@@ -5,7 +5,7 @@ bytes). Tensors that are the same tensor under several names (tied weights) are 
 recorded as aliases. Non-tensor state (``get_extra_state``), sparse, quantized and meta tensors
 cannot be stored this way and are refused when saving.
 
-Architectures: a module of this library's zoo (:mod:`distilldetect.backends.pytorch_models`)
+Architectures: a module of this library's zoo (:mod:`distilldetect.backends.torch.models`)
 carries ``builder_config = {'name': ..., 'kwargs': ...}``; when rebuilding from it gives the
 same class, the same submodules with the same settings (their ``repr``) and the same tensor
 names and shapes (checked at save time on the ``meta`` device, without allocating memory), the
@@ -28,6 +28,7 @@ untrusted source. Loading weights into a module built by the caller is the only 
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,9 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from .. import saving
-from ..base import describe
+from ... import files
+from ...base import describe
+from ..zoo_args import check_against_weights
 
 __all__ = ["save_model", "load_model"]
 
@@ -57,6 +59,8 @@ _ENTRY_KEYS = {
 }
 _FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64"}
 _MAX_DIFFERENCES = 5
+#: The saved detector's configuration file, named in messages.
+_CONFIG = "config.json"
 
 
 # ===================================================================================== saving
@@ -125,7 +129,7 @@ def _signature(model: torch.nn.Module) -> dict[str, tuple[tuple[int, ...], str]]
 
 def _build(name: str, kwargs: dict[str, Any], device: str) -> torch.nn.Module:
     """Build a zoo model without touching the caller's random state."""
-    from .pytorch_models import build
+    from .models import build
 
     with torch.random.fork_rng(devices=[]), torch.device(device):
         return build(name, **kwargs)
@@ -200,7 +204,7 @@ def save_model(model: torch.nn.Module, directory: Path, name: str) -> dict[str, 
     Examples
     --------
     >>> import tempfile
-    >>> from distilldetect.backends.pytorch_models import mlp
+    >>> from distilldetect.backends.torch.models import mlp
     >>> entry = save_model(mlp((4,), 2, (3,)), Path(tempfile.mkdtemp()), "model")
     >>> entry["architecture"]["builder"], entry["files"]
     ('mlp', ['model.safetensors'])
@@ -213,7 +217,7 @@ def save_model(model: torch.nn.Module, directory: Path, name: str) -> dict[str, 
     except Exception as err:  # unsupported dtype...
         raise ValueError(f"{name} cannot be saved as safetensors: {err}") from err
     file = f"{name}.safetensors"
-    saving.write_bytes(directory / file, data)
+    files.write_new(directory / file, data)
     return {
         "name": name,
         "framework": "pytorch",
@@ -231,8 +235,8 @@ def save_model(model: torch.nn.Module, directory: Path, name: str) -> dict[str, 
 
 
 # ==================================================================================== loading
-def _error(msg: str) -> saving.DetectorFormatError:
-    return saving.DetectorFormatError(msg)
+def _error(msg: str) -> files.DetectorFormatError:
+    return files.DetectorFormatError(msg)
 
 
 def _check_entry(entry: Any, where: str) -> None:
@@ -276,10 +280,8 @@ def _read_tensors(directory: Path, entry: dict[str, Any]) -> dict[str, torch.Ten
     """Read, re-verify and parse the safetensors file; check it against the entry."""
     file = entry["files"][0]
     path = directory / file
-    data = path.read_bytes()
-    checksums = entry.get("checksums", {})
-    if file in checksums:
-        saving.check_bytes(data, checksums[file], path)
+    checksums = entry.get("checksums") or {}
+    data = files.read_checked(path, checksums[file]) if file in checksums else path.read_bytes()
     try:
         tensors = safetensors.torch.load(data)
     except Exception as err:  # safetensors' own error types; never a pickle fallback
@@ -288,7 +290,7 @@ def _read_tensors(directory: Path, entry: dict[str, Any]) -> dict[str, torch.Ten
     got = {k: (list(t.shape), _dtype_name(t.dtype)) for k, t in tensors.items()}
     if got != expected:
         raise _error(
-            f"{path} does not hold the tensors {saving.CONFIG_FILE} lists: "
+            f"{path} does not hold the tensors {_CONFIG} lists: "
             + _differences(expected, got, "config", "file")
         )
     return tensors
@@ -329,6 +331,12 @@ def _rebuild(entry: dict[str, Any], path: Path, where: str) -> torch.nn.Module:
         raise _error(f"{where}: the architecture's dtype must be one of {sorted(_FLOAT_DTYPES)}")
     expected = {k: tuple(v["shape"]) for k, v in entry["tensors"].items()}
     expected.update({k: expected[v] for k, v in entry["aliases"].items()})
+    n_scalars = sum(math.prod(s) for s in expected.values())
+    try:
+        # Bounded by the file before anything is built: a tiny config cannot ask for a giant model.
+        check_against_weights(builder, kwargs, len(expected), n_scalars, where)
+    except (TypeError, ValueError) as err:
+        raise _error(f"{where}: cannot rebuild {name}: {err}") from None
     try:
         # First on the meta device: no memory is allocated for the shapes a config asks for
         # until they are known to match the weights file (whose size bounds them).
@@ -337,7 +345,7 @@ def _rebuild(entry: dict[str, Any], path: Path, where: str) -> torch.nn.Module:
         raise _error(f"{where}: cannot rebuild {name} with builder {builder!r}: {err}") from None
     if shapes != expected:
         raise _error(
-            f"{path}: the {builder!r} model described in {saving.CONFIG_FILE} has other tensors "
+            f"{path}: the {builder!r} model described in {_CONFIG} has other tensors "
             "than the file: "
             + _differences(
                 {k: (s, "") for k, s in expected.items()},
@@ -384,13 +392,13 @@ def load_model(
     Examples
     --------
     >>> import tempfile
-    >>> from distilldetect.backends.pytorch_models import mlp
+    >>> from distilldetect.backends.torch.models import mlp
     >>> d = Path(tempfile.mkdtemp())
     >>> load_model(d, save_model(mlp((4,), 2, (3,)), d, "model")).builder_config["name"]
     'mlp'
     """
     name = entry.get("name") if isinstance(entry, dict) else None
-    where = f"{directory / saving.CONFIG_FILE} (models[{name!r}])"
+    where = f"{directory / _CONFIG} (models[{name!r}])"
     _check_entry(entry, where)
     name = entry["name"]
     path = directory / entry["files"][0]

@@ -19,99 +19,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..zoo_args import check_builder_args
+from .layers import ImageModel, SameConv2d, _parse_input_shape
+from .seed_student import DistilledCifar10, distilled_model_cifar10
+
 __all__ = [
     "BUILDERS",
     "SameConv2d",
     "ImageModel",
+    "DistilledCifar10",
     "build",
     "resnet",
     "distilled_model_cifar10",
     "cnn_classifier",
     "mlp",
 ]
-
-
-def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow 'same' padding (before, after) for one spatial axis."""
-    out = math.ceil(size / stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
-class SameConv2d(nn.Conv2d):
-    """A 2-D convolution with TensorFlow's ``padding='same'`` (asymmetric when needed).
-
-    Examples
-    --------
-    >>> SameConv2d(1, 4, 4, stride=2)(torch.zeros(1, 1, 7, 7)).shape
-    torch.Size([1, 4, 4, 4])
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        stride: int = 1,
-        bias: bool = True,
-    ):
-        super().__init__(
-            in_channels, out_channels, kernel_size, stride=stride, padding=0, bias=bias
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kh, kw = self.kernel_size
-        sh, sw = self.stride
-        top, bottom = _same_padding(x.shape[-2], kh, sh)
-        left, right = _same_padding(x.shape[-1], kw, sw)
-        if top or bottom or left or right:
-            if top == bottom and left == right:
-                return F.conv2d(x, self.weight, self.bias, self.stride, (top, left))
-            x = F.pad(x, (left, right, top, bottom))
-        return F.conv2d(x, self.weight, self.bias, self.stride)
-
-
-def _out_size(size: int, strides: Sequence[int]) -> int:
-    for s in strides:
-        size = math.ceil(size / s)
-    return size
-
-
-def _parse_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) == 2:
-        return shape[0], shape[1], 1
-    if len(shape) == 3:
-        return shape  # type: ignore[return-value]
-    raise ValueError(f"input_shape must be (h, w) or (h, w, c), got {input_shape!r}")
-
-
-class ImageModel(nn.Module):
-    """Base for zoo models: NHWC / NHW numpy-layout input, softmax output.
-
-    Subclasses implement ``logits(x_nchw)``; ``forward_logits`` takes the numpy layout.
-    """
-
-    def __init__(self, input_shape: Sequence[int], builder: str, kwargs: dict[str, Any]) -> None:
-        super().__init__()
-        self.input_shape = tuple(int(s) for s in input_shape)
-        self.builder_config = {"name": builder, "kwargs": dict(kwargs)}
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for images in numpy layout ``(n, h, w[, c])``."""
-        if x.dim() == 3:
-            x = x.unsqueeze(-1)
-        if x.dim() != 4:
-            raise ValueError(
-                f"expected images (n, h, w) or (n, h, w, c), got shape {tuple(x.shape)}"
-            )
-        return self.logits(x.permute(0, 3, 1, 2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.forward_logits(x), dim=-1)
 
 
 # ------------------------------------------------------------------------------------- ResNet
@@ -184,121 +106,6 @@ def resnet(
     True
     """
     return ResNet(input_shape, num_classes, num_blocks, widths)
-
-
-# ---------------------------------------------------------------------- the seed's student
-class DistilledCifar10(ImageModel):
-    """The seed study's distilled model (see :func:`distilled_model_cifar10`)."""
-
-    def __init__(
-        self,
-        input_shape: Sequence[int] = (32, 32, 3),
-        num_classes: int = 10,
-        nb_conv_layers: int = 3,
-        nb_filters1: int = 256,
-        nb_dense: int = 40,
-        kernel1: int = 4,
-        kernel2: int = 4,
-        kernel3: int = 4,
-        l1: float = 1e-5,
-    ) -> None:
-        kwargs = {
-            "input_shape": list(input_shape),
-            "num_classes": num_classes,
-            "nb_conv_layers": nb_conv_layers,
-            "nb_filters1": nb_filters1,
-            "nb_dense": nb_dense,
-            "kernel1": kernel1,
-            "kernel2": kernel2,
-            "kernel3": kernel3,
-            "l1": l1,
-        }
-        super().__init__(input_shape, "distilled_model_cifar10", kwargs)
-        if nb_conv_layers not in (1, 2, 3):
-            raise ValueError(f"nb_conv_layers must be 1, 2 or 3, got {nb_conv_layers}")
-        h, w, c = _parse_input_shape(input_shape)
-        filters = [int(nb_filters1), int(nb_filters1 / 2), int(nb_filters1 / 4)][:nb_conv_layers]
-        kernels = [kernel1, kernel2, kernel3][:nb_conv_layers]
-        convs: list[SameConv2d] = []
-        cin = c
-        for f, k in zip(filters, kernels, strict=True):
-            convs.append(SameConv2d(cin, f, k, stride=2))
-            cin = f
-        self.convs = nn.ModuleList(convs)
-        flat = _out_size(h, [2] * nb_conv_layers) * _out_size(w, [2] * nb_conv_layers) * cin
-        self.dense = nn.Linear(flat, nb_dense)
-        self.out = nn.Linear(nb_dense, num_classes)
-        self.l1 = float(l1)
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        for i, conv in enumerate(self.convs):
-            x = conv(x)
-            if i > 0:  # the first convolution is linear in the seed's model
-                x = F.relu(x)
-        # Flatten in NHWC order, as Keras' Flatten does on channels-last tensors.
-        x = x.permute(0, 2, 3, 1).flatten(1)
-        return self.out(self.dense(x))
-
-    def regularization_loss(self) -> torch.Tensor:
-        """L1 penalty ``l1 * sum|W|`` on the kernels of the 2nd and 3rd convolutions (the seed's)."""
-        total = torch.zeros((), dtype=self.out.weight.dtype)
-        for conv in list(self.convs)[1:]:
-            total = total + conv.weight.abs().sum()
-        return self.l1 * total
-
-
-def _from_classifier(clf: nn.Module) -> tuple[tuple[int, ...], int]:
-    """Input shape and class count of a torch classifier (the seed passes ``clf`` first)."""
-    shape = getattr(clf, "input_shape", None)
-    if shape is None:
-        raise ValueError(
-            "distilled_model_cifar10(clf) needs a classifier with an input_shape attribute (zoo "
-            "models have one); otherwise pass input_shape=(h, w, c) and num_classes="
-        )
-    was_training = clf.training
-    with torch.no_grad():
-        num_classes = int(clf.eval()(torch.zeros(1, *shape)).shape[-1])
-    clf.train(was_training)
-    return tuple(int(v) for v in shape), num_classes
-
-
-def distilled_model_cifar10(
-    input_shape: Sequence[int] | nn.Module = (32, 32, 3),
-    num_classes: int = 10,
-    nb_conv_layers: int = 3,
-    nb_filters1: int = 256,
-    nb_dense: int = 40,
-    kernel1: int = 4,
-    kernel2: int = 4,
-    kernel3: int = 4,
-    l1: float = 1e-5,
-) -> DistilledCifar10:
-    """The seed study's student: Conv(nb_filters1, k1, s2) → Conv(/2, k2, s2, relu) → Conv(/4, k3, s2, relu)
-    → Flatten → Dense(nb_dense) → Dense(num_classes, softmax), 'same' padding, L1(1e-5) on conv 2-3.
-
-    About 0.71 M parameters with the defaults on 32x32x3. As in the seed, the first argument
-    may be the classifier itself (``distilled_model_cifar10(clf)``): its input shape and
-    number of classes are then used.
-
-    Examples
-    --------
-    >>> m = distilled_model_cifar10()
-    >>> m(torch.zeros(2, 32, 32, 3)).shape
-    torch.Size([2, 10])
-    """
-    if isinstance(input_shape, nn.Module):
-        input_shape, num_classes = _from_classifier(input_shape)
-    return DistilledCifar10(
-        input_shape,
-        num_classes,
-        nb_conv_layers,
-        nb_filters1,
-        nb_dense,
-        kernel1,
-        kernel2,
-        kernel3,
-        l1,
-    )
 
 
 # ------------------------------------------------------------------ a plain CNN classifier
@@ -434,6 +241,5 @@ def build(name: str, **kwargs: Any) -> nn.Module:
     >>> build("mlp", input_shape=[4], num_classes=2, hidden=[3]).builder_config["name"]
     'mlp'
     """
-    if name not in BUILDERS:
-        raise ValueError(f"unknown model builder {name!r}; known: {sorted(BUILDERS)}")
+    check_builder_args(name, kwargs)
     return BUILDERS[name](**kwargs)

@@ -15,7 +15,7 @@ Loading
 * Without it: ``keras.saving.load_model(path, safe_mode=True, compile=False)``. Safe mode refuses
   ``Lambda`` layers carrying Python code and other arbitrary code; only classes Keras knows
   (built-in, or registered with ``keras.saving.register_keras_serializable``) are rebuilt. The
-  zoo models (:mod:`.tensorflow_models`) use built-in layers only, so they load anywhere. A model
+  zoo models (:mod:`.models`) use built-in layers only, so they load anywhere. A model
   that safe mode refuses must be passed as ``model=`` / ``distilled_model=``.
 
 The bytes are verified against the SHA-256 recorded by :mod:`distilldetect.saving` just before
@@ -38,9 +38,9 @@ from typing import Any
 
 import keras
 
-from .. import saving
-from ..base import describe
-from .tensorflow import is_model
+from ... import files
+from ...base import describe
+from .runtime import is_model
 
 __all__ = ["FORMAT", "MIN_KERAS_VERSION", "save_model", "load_model"]
 
@@ -72,6 +72,8 @@ _TF_FUNCTION_ALIASES: dict[str, Any] = {
 }
 _FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,240}\.keras$")
 _MAX_DIFFERENCES = 5
+#: The saved detector's configuration file, named in messages.
+_CONFIG = "config.json"
 
 
 # ==================================================================================== saving
@@ -134,7 +136,7 @@ def save_model(model: Any, directory: Path, name: str) -> dict[str, Any]:
     Examples
     --------
     >>> import tempfile
-    >>> from distilldetect.backends.tensorflow_models import mlp
+    >>> from distilldetect.backends.tensorflow.models import mlp
     >>> entry = save_model(mlp((4,), 2, (3,)), Path(tempfile.mkdtemp()), "model")
     >>> entry["format"], entry["files"]
     ('keras', ['model.keras'])
@@ -172,7 +174,7 @@ def save_model(model: Any, directory: Path, name: str) -> dict[str, Any]:
                     _short(err),
                     name,
                 )
-    saving.write_bytes(directory / file, data)
+    files.write_new(directory / file, data)
     package = _package(model)
     version = sys.modules["tf_keras"].__version__ if package == "tf_keras" else keras.__version__
     return {
@@ -189,8 +191,8 @@ def save_model(model: Any, directory: Path, name: str) -> dict[str, Any]:
 
 
 # ==================================================================================== loading
-def _error(msg: str) -> saving.DetectorFormatError:
-    return saving.DetectorFormatError(msg)
+def _error(msg: str) -> files.DetectorFormatError:
+    return files.DetectorFormatError(msg)
 
 
 def _check_entry(entry: Any, where: str) -> None:
@@ -271,14 +273,13 @@ def _safe_load(file: Path) -> Any:
 def _verified_bytes(directory: Path, entry: dict[str, Any]) -> bytes:
     file = entry["files"][0]
     path = directory / file
+    checksums = entry.get("checksums") or {}
     try:
-        data = path.read_bytes()
+        if file in checksums:
+            return files.read_checked(path, checksums[file], "a model file")
+        return path.read_bytes()
     except OSError as err:
         raise _error(f"{path} cannot be read: {err}") from err
-    checksums = entry.get("checksums") or {}
-    if file in checksums:
-        saving.check_bytes(data, checksums[file], path)
-    return data
 
 
 def _load_weights_into(model: Any, file: Path, entry: dict[str, Any], path: Path) -> None:
@@ -337,13 +338,13 @@ def load_model(directory: Path, entry: dict[str, Any], model: Any = None) -> Any
     Examples
     --------
     >>> import tempfile
-    >>> from distilldetect.backends.tensorflow_models import mlp
+    >>> from distilldetect.backends.tensorflow.models import mlp
     >>> d = Path(tempfile.mkdtemp())
     >>> load_model(d, save_model(mlp((4,), 2, (3,)), d, "model")).builder_config["name"]
     'mlp'
     """
     name = entry.get("name") if isinstance(entry, dict) else None
-    where = f"{Path(directory) / saving.CONFIG_FILE} (models[{name!r}])"
+    where = f"{Path(directory) / _CONFIG} (models[{name!r}])"
     _check_entry(entry, where)
     name = entry["name"]
     directory = Path(directory)
@@ -377,7 +378,7 @@ def load_model(directory: Path, entry: dict[str, Any], model: Any = None) -> Any
     got = _variables(loaded)
     if not _same_variables(entry["variables"], got):
         raise _error(
-            f"{path} does not hold the variables {saving.CONFIG_FILE} lists: "
+            f"{path} does not hold the variables {_CONFIG} lists: "
             + _differences(entry["variables"], got)
         )
     if entry["builder_config"] is not None:

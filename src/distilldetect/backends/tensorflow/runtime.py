@@ -30,8 +30,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..base import describe
-from ..losses import EPSILON, LOSS_TYPES
+from ...base import describe
+from ...losses import EPSILON, LOSS_TYPES
 
 __all__ = [
     "is_model",
@@ -463,3 +463,98 @@ class Trainer:
         except tf.errors.OpError as err:
             raise _ModelError(err.message) from err
         return float(loss), q.numpy()
+
+
+def manual_seed(seed: int) -> None:
+    """Seed Keras', TensorFlow's, NumPy's and Python's global random numbers (before building).
+
+    Examples
+    --------
+    >>> manual_seed(0)
+    """
+    keras.utils.set_random_seed(int(seed))
+
+
+@contextlib.contextmanager
+def preserve_modes(model: Any) -> Iterator[Any]:
+    """Keras models have no global train/eval mode (``training=`` is given per call): a no-op
+    twin of the torch backend's context manager, so that callers need not know the framework.
+
+    Examples
+    --------
+    >>> with preserve_modes(keras.Sequential([keras.Input((2,))])) as m:
+    ...     m.name.startswith("sequential")
+    True
+    """
+    yield model
+
+
+def train_classifier(
+    model: Any,
+    X: np.ndarray,
+    y: np.ndarray,
+    epochs: int = 5,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+    seed: int | None = None,
+    verbose: bool = True,
+    desc: str = "Teacher",
+) -> list[float]:
+    """Supervised training of a Keras softmax classifier with Adam (the twin of the torch one).
+
+    Minibatches are drawn as the torch backend draws them (a NumPy generator seeded with
+    ``seed``); the model's random layers are reseeded from ``seed``. Returns the mean training
+    loss per epoch.
+
+    Examples
+    --------
+    >>> net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    >>> X = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    >>> len(train_classifier(net, X, (X[:, 0] > 0).astype(int), epochs=2, verbose=False, seed=0))
+    2
+    """
+    from tqdm.auto import tqdm
+
+    _check_tensorflow_backend(model, "model")
+    kmod = _keras_module(model)
+    optimizer = kmod.optimizers.Adam(learning_rate=learning_rate)
+    variables = list(model.trainable_variables)
+    optimizer.build(variables)
+    dtype = _input_dtype(model)
+    if seed is not None:
+        reseed_random_layers(model, seed)
+
+    @tf.function
+    def step(x: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            probs = tf.cast(model(x, training=True), tf.float32)
+            loss = tf.reduce_mean(
+                kmod.losses.sparse_categorical_crossentropy(labels, probs, from_logits=False)
+            )
+            extra = [tf.cast(tf.reshape(r, ()), loss.dtype) for r in model.losses]
+            if extra:
+                loss = loss + tf.add_n(extra)
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients(
+            [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
+        )
+        return loss
+
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(y, dtype=np.int64)
+    history: list[float] = []
+    for epoch in range(epochs):
+        order = rng.permutation(len(X))
+        total = 0.0
+        bar = tqdm(
+            range(0, len(X), batch_size),
+            desc=f"{desc} epoch {epoch + 1}/{epochs}",
+            disable=not verbose,
+            leave=False,
+        )
+        for start in bar:
+            idx = np.sort(order[start : start + batch_size])
+            loss = float(step(_as_input(X[idx], dtype), labels[idx]))
+            total += loss * len(idx)
+        history.append(total / len(X))
+    return history

@@ -24,7 +24,7 @@ batch). Anything else runs as it is.
 
 Examples
 --------
->>> from distilldetect.backends.pytorch_models import resnet
+>>> from distilldetect.backends.torch.models import resnet
 >>> net = resnet().eval()
 >>> x = torch.rand(64, 32, 32, 3)
 >>> with torch.inference_mode():
@@ -46,13 +46,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+
+from .modes import preserve_modes
+from .seed_student import ComposedStudent, composable, composed_logits, pair_kernels, pair_plan
 
 __all__ = [
     "ROW_WISE_MODULES",
     "MIN_ROWS_PER_WORKER",
     "MIN_WORK_TO_SPLIT",
-    "MIN_MACS_TO_COMPOSE",
     "flops_per_row",
     "is_known_model",
     "is_trainable_in_parallel",
@@ -117,16 +118,13 @@ MIN_ROWS_PER_WORKER: int = 8
 #: reach this: below it a thread hop and the idle intra-op pool cost more than they save
 #: (measured: a 16 k-parameter student on 28x28 images trained 5x slower split than plain).
 MIN_WORK_TO_SPLIT: int = 2_000_000_000
-#: The seed student's first two convolutions are composed only when they cost at least this
-#: many multiply-adds per image; below it the composition's fixed overhead dominates.
-MIN_MACS_TO_COMPOSE: int = 5_000_000
 #: Rows per block aimed at when a batch is large: several blocks per worker keep each block's
 #: activations cache-sized and balance the workers when one of them is descheduled.
 BLOCK_ROWS: int = 64
 
 
 def _zoo_types() -> frozenset[type[nn.Module]]:
-    from . import pytorch_models as zoo
+    from . import models as zoo
 
     return frozenset(
         {
@@ -277,24 +275,13 @@ class _WeakTensor:
 
 
 # ------------------------------------------------------------------------- BN folding
-def _fold_conv_bn(conv: nn.Conv2d | nn.Conv1d | nn.Conv3d, bn: nn.modules.batchnorm._BatchNorm):
-    """A copy of ``conv`` computing ``bn(conv(x))`` in eval mode (folded in float64)."""
-    folded = copy.deepcopy(conv)
-    dtype = conv.weight.dtype
-    with torch.no_grad():
-        var = bn.running_var.double()
-        scale = torch.rsqrt(var + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight.double()
-        shift = -bn.running_mean.double() * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias.double()
-        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(shift)
-        shape = (-1,) + (1,) * (conv.weight.dim() - 1)
-        folded.weight = nn.Parameter(
-            (conv.weight.double() * scale.reshape(shape)).to(dtype), requires_grad=False
-        )
-        folded.bias = nn.Parameter((bias * scale + shift).to(dtype), requires_grad=False)
+def _fold_conv_bn(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    """A copy of ``conv`` computing ``bn(conv(x))`` in eval mode (torch's own folding)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = fuse_conv_bn_eval(conv.eval(), bn.eval())
+    for p in folded.parameters():
+        p.requires_grad_(False)
     return folded
 
 
@@ -333,7 +320,7 @@ def folded_copy(model: nn.Module) -> tuple[nn.Module, int]:
     >>> n, type(fast[1]).__name__
     (1, 'Identity')
     """
-    from .pytorch_models import _BasicBlock
+    from .models import _BasicBlock
 
     fast = copy.deepcopy(model).eval()
     n_folded = 0
@@ -402,7 +389,7 @@ def _tensors(model: nn.Module) -> list[torch.Tensor]:
 def frozen(model: nn.Module, x: torch.Tensor | None = None) -> nn.Module:
     """The module to run for ``model`` in eval mode: a cached fast copy, or ``model`` itself.
 
-    The copy (BN-folded for a model with BatchNorm, :class:`_ComposedStudent` for the zoo's
+    The copy (BN-folded for a model with BatchNorm, :class:`ComposedStudent` for the zoo's
     student) is cached per model and rebuilt when :func:`fingerprint` changes or any
     parameter or buffer value differs from its value when the copy was made. A model with
     nothing to optimise is returned as it is (no copy is kept). Given the batch ``x`` about to
@@ -427,7 +414,7 @@ def frozen(model: nn.Module, x: torch.Tensor | None = None) -> nn.Module:
             fast: nn.Module | None = None
             source = None
             if composed:
-                fast = _ComposedStudent(model)
+                fast = ComposedStudent(model)
             else:
                 fast, n_folded = folded_copy(model)
                 fast = fast if n_folded else None
@@ -468,300 +455,6 @@ def _script(source: nn.Module, x: torch.Tensor) -> Any:
 
 def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-# ------------------------------------------------- the seed's student: two linear-adjacent convs
-# In the zoo's DistilledCifar10 the first convolution has no activation, so the first two
-# convolutions compose into ONE convolution (kernel s1*(k2-1)+k1, stride s1*s2) on the input:
-# 32x32x3 -> 8x8x128 costs 2.5 M multiply-adds per image instead of 36.6 M. Composition is
-# exact except at the border, where the second convolution's 'same' zero padding sits on the
-# first one's output grid: the composed map sees there the first convolution evaluated on the
-# padded input instead of zeros. Those "ring" terms are subtracted, each again as a small
-# composed convolution of a strip of the input (corners, subtracted twice, are added back).
-# Gradients flow through the composed kernels to the original parameters (autograd), so the
-# same code serves training.
-
-
-class _PairPlan:
-    """Geometry of conv1 -> conv2 for one input size (None from :func:`_pair_plan` if unsupported)."""
-
-    __slots__ = (
-        "s1",
-        "k1",
-        "t1",
-        "l1",
-        "s2",
-        "k2",
-        "t2",
-        "l2",
-        "h1",
-        "w1",
-        "h2",
-        "w2",
-        "pad",
-        "rows",
-        "cols",
-    )
-
-    def __init__(self, **kw: Any) -> None:
-        for k, v in kw.items():
-            setattr(self, k, v)
-
-
-def _pair_plan(model: nn.Module, h: int, w: int) -> _PairPlan | None:
-    from .pytorch_models import _same_padding
-
-    if len(model.convs) < 2:
-        return None
-    c1, c2 = model.convs[0], model.convs[1]
-    for c in (c1, c2):
-        if (
-            c.kernel_size[0] != c.kernel_size[1]
-            or c.stride[0] != c.stride[1]
-            or c.dilation != (1, 1)
-            or c.groups != 1
-            or c.padding_mode != "zeros"
-            or c.padding != (0, 0)
-            or c.bias is None
-        ):
-            return None
-    k1, s1, k2, s2 = c1.kernel_size[0], c1.stride[0], c2.kernel_size[0], c2.stride[0]
-    t1, b1 = _same_padding(h, k1, s1)
-    l1, r1 = _same_padding(w, k1, s1)
-    h1, w1 = -(-h // s1), -(-w // s1)
-    t2, b2 = _same_padding(h1, k2, s2)
-    l2, r2 = _same_padding(w1, k2, s2)
-    if max(t2, b2, l2, r2) > 1:  # one ring row/column per side at most
-        return None
-    h2, w2 = -(-h1 // s2), -(-w1 // s2)
-    size, stride = s1 * (k2 - 1) + k1, s1 * s2
-    top, left = s1 * t2 + t1, s1 * l2 + l1
-    bottom = stride * (h2 - 1) + size - h - top
-    right = stride * (w2 - 1) + size - w - left
-
-    def taps(ring: int, n_out: int, pad: int) -> list[tuple[int, int]]:
-        # (output index, kernel tap) pairs of conv2 that read ring position `ring`
-        return [(j, ring + pad - s2 * j) for j in range(n_out) if 0 <= ring + pad - s2 * j < k2]
-
-    rows = [(r, taps(r, h2, t2)) for r, on in ((-1, t2), (h1, b2)) if on]
-    cols = [(c, taps(c, w2, l2)) for c, on in ((-1, l2), (w1, r2)) if on]
-    return _PairPlan(
-        s1=s1,
-        k1=k1,
-        t1=t1,
-        l1=l1,
-        s2=s2,
-        k2=k2,
-        t2=t2,
-        l2=l2,
-        h1=h1,
-        w1=w1,
-        h2=h2,
-        w2=w2,
-        pad=(left, right, top, bottom),
-        rows=rows,
-        cols=cols,
-    )
-
-
-def _placement(k1: int, k2: int, s1: int, like: torch.Tensor) -> torch.Tensor:
-    """0/1 matrix ``(k2, k1, s1*(k2-1)+k1)``: tap ``c`` of conv2 and ``a`` of conv1 land at ``s1*c+a``."""
-    size = s1 * (k2 - 1) + k1
-    e = torch.zeros(k2, k1, size, dtype=like.dtype, device=like.device)
-    for c in range(k2):
-        for a in range(k1):
-            e[c, a, s1 * c + a] = 1.0
-    return e
-
-
-def _pair_kernels(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Composed kernels and biases of conv1 -> conv2 (differentiable in the parameters).
-
-    ``t[o2, i, c, a, d, b] = sum_o1 w2[o2, o1, c, d] * w1[o1, i, a, b]`` holds every product of
-    taps once; the composed kernels place tap pairs ``(c, a)`` at ``s1*c + a`` along each axis:
-    all of them (``k``), or only conv2's tap row / column ``t`` (``row{t}`` / ``col{t}``, for the
-    border strips).
-    """
-    c1, c2 = model.convs[0], model.convs[1]
-    w1, b1, w2, b2 = c1.weight, c1.bias, c2.weight, c2.bias
-    s1, k1, k2 = c1.stride[0], c1.kernel_size[0], c2.kernel_size[0]
-    o2, cin = w2.shape[0], w1.shape[1]
-    t = (w2.reshape(o2, -1, k2 * k2).transpose(1, 2) @ w1.reshape(w1.shape[0], -1)).reshape(
-        o2, k2, k2, cin, k1, k1
-    )  # (o2, c, d, i, a, b)
-    e = _placement(k1, k2, s1, w1)
-    out = {
-        "k": torch.einsum("pcdiab,cau,dbv->piuv", t, e, e),
-        "b": b2 + w2.sum((2, 3)) @ b1,
-        "w1": w1,
-        "b1": b1,
-        "w2": w2,
-    }
-    rows = torch.einsum("pcdiab,dbv->cpiav", t, e)  # conv2 tap row c: (k2, o2, i, k1, K)
-    cols = torch.einsum("pcdiab,cau->dpiub", t, e)  # conv2 tap column d: (k2, o2, i, K, k1)
-    out["w2t"] = w2.permute(2, 3, 1, 0).contiguous()  # (c, d, o1, o2): corner products
-    row_b = w2.sum(3).permute(2, 0, 1) @ b1  # (k2, o2)
-    col_b = w2.sum(2).permute(2, 0, 1) @ b1
-    for tap in range(k2):
-        out[f"row{tap}"] = rows[tap]
-        out[f"rowb{tap}"] = row_b[tap]
-        out[f"col{tap}"] = cols[tap]
-        out[f"colb{tap}"] = col_b[tap]
-    return out
-
-
-def _pair_forward(x: torch.Tensor, plan: _PairPlan, kern: dict[str, torch.Tensor]) -> torch.Tensor:
-    """conv2(conv1(x)) before conv2's activation, for NCHW ``x``, via the composed kernels."""
-    s1, k1 = plan.s1, plan.k1
-    stride = s1 * plan.s2
-    xp = F.pad(x, plan.pad)
-    y = F.conv2d(xp, kern["k"], kern["b"], stride=stride)
-
-    def r0(r: int) -> int:  # first padded-input row read by conv1's (extended) output row r
-        return s1 * (r + plan.t2)
-
-    def c0(c: int) -> int:
-        return s1 * (c + plan.l2)
-
-    # Corrections are assembled with cat (whose backward only slices), not written into y in
-    # place: an in-place write into a slice costs a full-size copy in the backward pass.
-    row_fix: dict[int, torch.Tensor] = {}
-    for r, pairs in plan.rows:
-        strip = xp[:, :, r0(r) : r0(r) + k1, :]
-        for j, t in pairs:
-            fix = F.conv2d(strip, kern[f"row{t}"], kern[f"rowb{t}"], stride=(1, stride))
-            row_fix[j] = fix if j not in row_fix else row_fix[j] + fix
-    col_fix: dict[int, torch.Tensor] = {}
-    for c, pairs in plan.cols:
-        strip = xp[:, :, :, c0(c) : c0(c) + k1]
-        for j, t in pairs:
-            fix = F.conv2d(strip, kern[f"col{t}"], kern[f"colb{t}"], stride=(stride, 1))
-            col_fix[j] = fix if j not in col_fix else col_fix[j] + fix
-    # corners were subtracted by both a row strip and a column strip: add them back once
-    for r, row_pairs in plan.rows:
-        for c, col_pairs in plan.cols:
-            corner = F.conv2d(
-                xp[:, :, r0(r) : r0(r) + k1, c0(c) : c0(c) + k1], kern["w1"], kern["b1"]
-            )[:, :, 0, 0]
-            for j, tr in row_pairs:
-                back = {i: (corner @ kern["w2t"][tr, tc])[:, :, None, None] for i, tc in col_pairs}
-                row_fix[j] = row_fix[j] - _assemble(back, plan.w2, 3, row_fix[j].shape)
-    if not torch.is_grad_enabled():  # inference: no backward to pay for, write in place
-        for j, fix in row_fix.items():
-            y[:, :, j : j + 1, :] -= fix
-        for j, fix in col_fix.items():
-            y[:, :, :, j : j + 1] -= fix
-        return y
-    if row_fix:
-        y = y - _assemble(row_fix, plan.h2, 2, y.shape)
-    if col_fix:
-        y = y - _assemble(col_fix, plan.w2, 3, y.shape)
-    return y
-
-
-def _assemble(pieces: dict[int, torch.Tensor], n: int, dim: int, shape: torch.Size) -> torch.Tensor:
-    """A tensor of ``shape`` holding ``pieces[i]`` at index ``i`` along ``dim``, zeros elsewhere."""
-    ref = next(iter(pieces.values()))
-    parts, gap = [], 0
-    for i in range(n):
-        if i in pieces:
-            if gap:
-                size = list(shape)
-                size[dim] = gap
-                parts.append(ref.new_zeros(size))
-                gap = 0
-            parts.append(pieces[i])
-        else:
-            gap += 1
-    if gap:
-        size = list(shape)
-        size[dim] = gap
-        parts.append(ref.new_zeros(size))
-    return torch.cat(parts, dim=dim)
-
-
-def composable(model: nn.Module) -> bool:
-    """Whether ``model`` is the zoo's DistilledCifar10 (exact type) with two or more convolutions.
-
-    Examples
-    --------
-    >>> from distilldetect.backends.pytorch_models import distilled_model_cifar10
-    >>> composable(distilled_model_cifar10())
-    True
-    """
-    from .pytorch_models import DistilledCifar10
-
-    if type(model) is not DistilledCifar10 or len(model.convs) < 2:
-        return False
-    return _pair_macs(model) >= MIN_MACS_TO_COMPOSE
-
-
-def _pair_macs(model: nn.Module) -> int:
-    """Multiply-adds per image of the model's first two convolutions, at its input shape."""
-    h, w = int(model.input_shape[0]), int(model.input_shape[1])
-    c1, c2 = model.convs[0], model.convs[1]
-    h1, w1 = -(-h // c1.stride[0]), -(-w // c1.stride[1])
-    h2, w2 = -(-h1 // c2.stride[0]), -(-w1 // c2.stride[1])
-    return (
-        h1 * w1 * c1.weight[0].numel() * c1.out_channels
-        + h2 * w2 * c2.weight[0].numel() * c2.out_channels
-    )
-
-
-def composed_logits(
-    model: nn.Module, x: torch.Tensor, kern: dict[str, torch.Tensor] | None = None
-) -> torch.Tensor | None:
-    """DistilledCifar10's logits with its first two convolutions composed, or None if the
-    input's size is not supported (the caller then runs the model as it is).
-
-    ``kern`` are :func:`_pair_kernels` of the model (computed here when None); pass detached
-    ones for inference or leaves to differentiate against.
-
-    Examples
-    --------
-    >>> from distilldetect.backends.pytorch_models import distilled_model_cifar10
-    >>> m = distilled_model_cifar10()
-    >>> x = torch.rand(4, 32, 32, 3)
-    >>> with torch.no_grad():
-    ...     bool((composed_logits(m, x) - m.forward_logits(x)).abs().max() < 1e-4)
-    True
-    """
-    if x.dim() == 3:
-        x = x.unsqueeze(-1)
-    if x.dim() != 4:
-        return None
-    x = x.permute(0, 3, 1, 2)
-    plan = _pair_plan(model, x.shape[-2], x.shape[-1])
-    if plan is None or x.shape[1] != model.convs[0].in_channels:
-        return None
-    h = _pair_forward(x, plan, _pair_kernels(model) if kern is None else kern)
-    # in place where no backward needs the pre-activation (the tensors are fresh here)
-    relu = F.relu_ if not torch.is_grad_enabled() else F.relu
-    h = relu(h)
-    for conv in list(model.convs)[2:]:
-        h = relu(conv(h))
-    h = h.permute(0, 2, 3, 1).flatten(1)  # NHWC order, as the model flattens
-    if h.shape[1] != model.dense.in_features:
-        return None
-    return model.out(model.dense(h))
-
-
-class _ComposedStudent(nn.Module):
-    """Eval-time stand-in for a DistilledCifar10: a private copy plus its composed kernels."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = copy.deepcopy(model).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        with torch.no_grad():
-            self.kern = _pair_kernels(self.model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = composed_logits(self.model, x, self.kern)
-        if logits is None:
-            return self.model(x)
-        return torch.softmax(logits, dim=-1)
 
 
 def train_forward(student: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -893,18 +586,13 @@ def flops_per_row(model: nn.Module, x: torch.Tensor) -> int:
     key = (tuple(x.shape[1:]), x.dtype)
     cache = _FLOPS.setdefault(model, {})
     if key not in cache:
-        modes = [(m, m.training) for m in model.modules()]
-        model.eval()
         try:
             counter = FlopCounterMode(display=False)
-            with torch.no_grad(), counter:
+            with preserve_modes(model, training=False), torch.no_grad(), counter:
                 model(torch.zeros((1, *x.shape[1:]), dtype=x.dtype, device=x.device))
             cache[key] = max(int(counter.get_total_flops()), 1)
         except Exception:  # a model the counter cannot follow: assume it is worth splitting
             cache[key] = MIN_WORK_TO_SPLIT
-        finally:
-            for m, training in modes:
-                m.training = training
     return cache[key]
 
 
@@ -999,10 +687,10 @@ def parallel_gradients(
         if (
             xs.dim() == 4
             and xs.shape[-1] == student.convs[0].in_channels
-            and _pair_plan(student, xs.shape[1], xs.shape[2]) is not None
+            and pair_plan(student, xs.shape[1], xs.shape[2]) is not None
         ):
             with torch.enable_grad():
-                kern = _pair_kernels(student)
+                kern = pair_kernels(student)
             leaves = {k: v.detach().requires_grad_(v.requires_grad) for k, v in kern.items()}
     names = [k for k, v in leaves.items() if v.requires_grad]
     inputs = [leaves[k] for k in names] + list(params)

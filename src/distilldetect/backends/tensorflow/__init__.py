@@ -1,0 +1,43 @@
+"""The TensorFlow / Keras backend (:class:`distilldetect.backends.Backend` for Keras models).
+
+* :mod:`.runtime` — batched inference to numpy (``training=False``, traced once per shape), the
+  student's training step, the loss in TensorFlow, supervised training of a teacher;
+* :mod:`.models` — the model zoo in Keras, twins of the torch zoo;
+* :mod:`.io` — ``.keras`` files loaded with ``safe_mode=True``, never pickle.
+"""
+
+from __future__ import annotations
+
+from .io import load_model, save_model
+from .models import build as build_model
+from .runtime import (
+    Trainer,
+    distillation_loss,
+    inference,
+    is_model,
+    manual_seed,
+    model_dtype,
+    n_trainable_parameters,
+    preserve_modes,
+    reseed_random_layers,
+    train_classifier,
+)
+
+FRAMEWORK = "tensorflow"
+
+__all__ = [
+    "FRAMEWORK",
+    "Trainer",
+    "build_model",
+    "distillation_loss",
+    "inference",
+    "is_model",
+    "load_model",
+    "manual_seed",
+    "model_dtype",
+    "n_trainable_parameters",
+    "preserve_modes",
+    "reseed_random_layers",
+    "save_model",
+    "train_classifier",
+]
