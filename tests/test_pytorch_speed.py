@@ -17,6 +17,7 @@ from torch import nn
 
 from distilldetect import ModelDistillation
 from distilldetect.backends.torch import fast as pf
+from distilldetect.backends.torch import seed_student
 from distilldetect.backends.torch import runtime as tb
 from distilldetect.backends.torch.models import cnn_classifier, distilled_model_cifar10, resnet
 
@@ -73,7 +74,7 @@ def workers(request, monkeypatch) -> int:
     monkeypatch.setattr(pf, "n_workers", lambda: request.param)
     monkeypatch.setattr(pf, "MIN_WORK_TO_SPLIT", 0)
     monkeypatch.setattr(pf, "MIN_ROWS_PER_WORKER", 1)
-    monkeypatch.setattr(pf, "MIN_MACS_TO_COMPOSE", 0)
+    monkeypatch.setattr(seed_student, "MIN_MACS_TO_COMPOSE", 0)
     return request.param
 
 
@@ -82,7 +83,7 @@ def test_work_measure_keeps_small_models_on_the_plain_path():
     torch.manual_seed(0)
     small = distilled_model_cifar10(input_shape=(28, 28), nb_filters1=32)
     big = distilled_model_cifar10()
-    assert not pf.composable(small) and pf.composable(big)
+    assert not seed_student.composable(small) and seed_student.composable(big)
     x = torch.zeros(128, 28, 28)
     small.train()
     flops = pf.flops_per_row(small, x)
@@ -118,7 +119,10 @@ def test_composed_student_is_exact_in_float64():
     x = torch.rand(6, 32, 32, 3, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(
-            pf.composed_logits(student, x), student.forward_logits(x), rtol=1e-12, atol=1e-12
+            seed_student.composed_logits(student, x),
+            student.forward_logits(x),
+            rtol=1e-12,
+            atol=1e-12,
         )
 
 
@@ -232,7 +236,7 @@ def test_subclass_of_a_zoo_model_is_not_trusted():
             return super().logits(x) * 2
 
     model = Changed()
-    assert not pf.composable(model) and not pf.is_known_model(model)
+    assert not seed_student.composable(model) and not pf.is_known_model(model)
     X = np.random.default_rng(2).random((4, 32, 32, 3), dtype=np.float32)
     np.testing.assert_array_equal(fast_probs(model, X), plain_probs(model, X))
 

@@ -44,7 +44,7 @@ def predictive_entropy(probs: np.ndarray) -> np.ndarray:
     array([0.6931, 0.    ])
     """
     p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)
-    return -(np.asarray(probs, dtype=np.float64) * np.log(p)).sum(axis=1)
+    return -(np.asarray(probs, dtype=np.float64) * np.log(p)).sum(axis=1) + 0.0  # no -0.0
 
 
 def one_minus_max_prob(probs: np.ndarray) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -49,13 +51,27 @@ def predict_batch(
     x = check_array(x, "x", finite=False)
     batch_size = check_batch_size(batch_size)
     preprocess_fn = check_callable(preprocess_fn, "preprocess_fn")
+    if dtype is not None:
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype must be None or a numpy dtype, got {describe(dtype)}") from None
     outputs: list[Any] = []
     with inference(model) as forward:
         for start in range(0, len(x), batch_size):
             chunk = x[start : start + batch_size]
             if preprocess_fn is not None:
                 chunk = preprocess_fn(chunk)
-            outputs.append(forward(chunk))
+            out = forward(chunk)
+            parts = out if isinstance(out, tuple) else (out,)
+            if not all(
+                isinstance(o, np.ndarray) and o.ndim >= 1 and len(o) == len(chunk) for o in parts
+            ):
+                raise TypeError(
+                    f"model must return an array (or a tuple of arrays) with one row per instance "
+                    f"({len(chunk)}), got {describe(out)}"
+                )
+            outputs.append(out)
     if isinstance(outputs[0], tuple):
         result: Any = tuple(
             _cast(np.concatenate([o[i] for o in outputs]), dtype) for i in range(len(outputs[0]))
@@ -72,25 +88,44 @@ def scale_by_instance(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """Standardise each instance over all its non-batch axes: ``(x - mean) / (std + eps)``.
 
     The standard deviation is the population one (``ddof=0``). The result's dtype follows
-    numpy's promotion (float32 in, float32 out; integers give float64).
+    numpy's promotion (float32 in, float32 out; integers give float64). Statistics of
+    half-precision input are computed in float32 (a float16 sum of squares of pixels in 0-255
+    overflows), and instances whose squares would overflow their dtype are standardised after
+    dividing by their largest absolute value (the same result, without the overflow).
 
     Parameters
     ----------
     x
         Batch of at least 2 axes, instances first.
     eps
-        Added to the standard deviation to avoid division by zero on constant instances.
+        Added to the standard deviation to avoid division by zero on constant instances: a
+        finite number >= 0.
 
     Examples
     --------
     >>> scale_by_instance(np.array([[1.0, 3.0], [2.0, 2.0]]))
     array([[-1.,  1.],
            [ 0.,  0.]])
+    >>> scale_by_instance(np.array([[1e160, 3e160]]))
+    array([[-1.,  1.]])
     """
     x = check_array(x, "x", min_ndim=2)
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or eps < 0:
-        raise ValueError(f"eps must be a non-negative number, got {describe(eps)}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a finite number >= 0, got {describe(eps)}")
+    if not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
     axes = tuple(range(1, x.ndim))
-    mean = x.mean(axis=axes, keepdims=True)
-    std = x.std(axis=axes, keepdims=True)
-    return (x - mean) / (std + eps)
+    out_dtype = x.dtype if x.dtype.kind == "f" else np.float64
+    work = x.astype(np.float32) if x.dtype == np.float16 else x
+    if work.dtype.kind == "f" and work.size:
+        limit = np.sqrt(np.finfo(work.dtype).max / max(int(np.prod(work.shape[1:])), 1))
+        peak = np.abs(work).max(axis=axes, keepdims=True)
+        if (peak > limit).any():  # squares would overflow: scale the big instances down first
+            scale = np.where(peak > limit, peak, 1).astype(work.dtype)
+            work = work / scale
+            mean = work.mean(axis=axes, keepdims=True)
+            std = work.std(axis=axes, keepdims=True)
+            return ((work - mean) / (std + eps / scale)).astype(out_dtype, copy=False)
+    mean = work.mean(axis=axes, keepdims=True)
+    std = work.std(axis=axes, keepdims=True)
+    return ((work - mean) / (std + eps)).astype(out_dtype, copy=False)

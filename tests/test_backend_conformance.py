@@ -1,0 +1,199 @@
+"""The backend contract (``distilldetect.backends.Backend``), checked for every framework.
+
+One suite, parametrised over the frameworks, as scikit-learn's estimator checks are run over
+every estimator: inference restores modes and is safe from many threads, the teacher is never
+trained, the training loss equals the numpy score maths, seeding reproduces, the optimizer
+rules hold, and saved models load back to the same outputs.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from distilldetect import ModelDistillation, load_detector, losses, save_detector
+from distilldetect.backends import FRAMEWORKS, Backend, get_backend
+from distilldetect.models import build_model
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(params=FRAMEWORKS)
+def framework(request):
+    if request.param == "tensorflow":
+        pytest.importorskip("tensorflow")
+    return request.param
+
+
+@pytest.fixture
+def backend(framework):
+    return get_backend(framework)
+
+
+def make(framework, seed, hidden=(16,), dropout=0.0):
+    get_backend(framework).manual_seed(seed)
+    return build_model(
+        "mlp", framework, input_shape=(8, 8), num_classes=10, hidden=hidden, dropout=dropout
+    )
+
+
+def weights(model, framework):
+    if framework == "pytorch":
+        return [t.detach().clone().numpy() for t in model.state_dict().values()]
+    return [np.array(w) for w in model.get_weights()]
+
+
+def modes(model, framework):
+    if framework == "pytorch":
+        return [m.training for m in model.modules()]
+    return [layer.trainable for layer in model.layers]
+
+
+def test_backend_satisfies_the_protocol(backend, framework):
+    assert isinstance(backend, Backend)
+    assert backend.FRAMEWORK == framework
+    assert backend.is_model(make(framework, 0))
+    assert not backend.is_model(lambda x: x)
+
+
+def test_n_trainable_parameters(backend, framework):
+    assert backend.n_trainable_parameters(make(framework, 0, hidden=(16,))) == 64 * 16 + 16 + 170
+
+
+@pytest.mark.parametrize("loss_type", ["kld", "xent"])
+def test_training_loss_equals_the_numpy_score(backend, loss_type):
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(5) * 0.3, size=32).astype(np.float32)
+    q = rng.dirichlet(np.ones(5), size=32).astype(np.float32)
+    q[0] = [1, 0, 0, 0, 0]  # clipping at the edges
+    got = np.asarray(_loss(backend, p, q, loss_type))
+    expected = losses.distillation_score(p, q, loss_type)
+    np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-6)
+
+
+def _loss(backend, p, q, loss_type):
+    if backend.FRAMEWORK == "pytorch":
+        import torch
+
+        return backend.distillation_loss(
+            torch.from_numpy(p), torch.from_numpy(q), loss_type
+        ).numpy()
+    return backend.distillation_loss(p, q, loss_type).numpy()
+
+
+def test_inference_restores_modes_and_never_trains(backend, framework, digits):
+    teacher = make(framework, 0, dropout=0.5)
+    if framework == "pytorch":
+        teacher.train()
+        teacher.net[1].eval()  # a mixed state must come back exactly
+    before_modes, before_weights = modes(teacher, framework), weights(teacher, framework)
+    with backend.inference(teacher) as forward:
+        a = forward(digits[2][:64])
+        b = forward(digits[2][:64])
+    np.testing.assert_array_equal(a, b)  # eval mode: dropout off, deterministic
+    assert modes(teacher, framework) == before_modes
+    for x, y in zip(before_weights, weights(teacher, framework), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_fit_never_trains_the_teacher(framework, digits):
+    teacher, student = make(framework, 0), make(framework, 1, hidden=(8,))
+    before = weights(teacher, framework)
+    ModelDistillation(distilled_model=student, model=teacher).fit(
+        digits[0][:200], epochs=1, verbose=False, seed=0
+    )
+    for x, y in zip(before, weights(teacher, framework), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_seeding_reproduces(framework, digits):
+    def fitted():
+        ad = ModelDistillation(
+            distilled_model=make(framework, 1, dropout=0.2), model=make(framework, 0)
+        )
+        return ad.fit(digits[0][:256], epochs=2, verbose=False, seed=7)
+
+    a, b = fitted(), fitted()
+    for x, y in zip(
+        weights(a.distilled_model, framework), weights(b.distilled_model, framework), strict=True
+    ):
+        np.testing.assert_array_equal(x, y)
+    assert a.history == b.history
+
+
+def test_optimizer_rules(backend, framework):
+    student = make(framework, 1)
+    if framework == "pytorch":
+        import torch
+
+        cls, instance = torch.optim.SGD, torch.optim.SGD(student.parameters(), lr=0.1)
+        foreign = torch.optim.SGD(make(framework, 2).parameters(), lr=0.1)
+    else:
+        import keras
+
+        cls, instance = keras.optimizers.SGD, keras.optimizers.SGD(0.1)
+        other = make(framework, 2)
+        foreign = keras.optimizers.SGD(0.1)
+        foreign.build(other.trainable_variables)
+    assert backend.Trainer(student, optimizer=cls, learning_rate=0.5).optimizer is not None
+    with pytest.raises(ValueError, match="learning_rate applies only when optimizer is a class"):
+        backend.Trainer(student, optimizer=instance, learning_rate=0.5)
+    with pytest.raises(ValueError, match="other variables|does not hold any parameter"):
+        backend.Trainer(student, optimizer=foreign)
+    with pytest.raises(TypeError, match="optimizer must be None"):
+        backend.Trainer(student, optimizer="adam")
+
+
+def test_concurrent_scoring_is_safe_and_equals_serial(framework, digits):
+    """Many threads scoring one detector whose teacher was left in train mode (dropout): every
+    result equals the serial one, and no module is left in another mode."""
+    teacher, student = make(framework, 0, dropout=0.5), make(framework, 1, dropout=0.5)
+    ad = ModelDistillation(distilled_model=student, model=teacher)
+    ad.fit(digits[0][:128], epochs=1, verbose=False, seed=0)
+    if framework == "pytorch":
+        teacher.train()
+        student.train()  # as fit leaves it
+    X = digits[2][:96]
+    serial = ad.score(X, batch_size=16)
+    before = modes(teacher, framework), modes(student, framework)
+    results: list[np.ndarray] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def work() -> None:
+        try:
+            barrier.wait(timeout=30)
+            for _ in range(5):
+                results.append(ad.score(X, batch_size=16))
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    assert len(results) == 40
+    for r in results:
+        np.testing.assert_array_equal(r, serial)
+    assert (modes(teacher, framework), modes(student, framework)) == before
+
+
+def test_saved_models_load_back_to_the_same_outputs(framework, digits, tmp_path):
+    ad = ModelDistillation(distilled_model=make(framework, 1), model=make(framework, 0))
+    ad.fit(digits[0][:128], epochs=1, verbose=False, seed=0)
+    save_detector(ad, tmp_path / "det")
+    loaded = load_detector(tmp_path / "det")
+    np.testing.assert_array_equal(loaded.score(digits[2]), ad.score(digits[2]))
+
+
+def test_train_classifier_restores_modes_and_learns(backend, framework, digits):
+    X, y = digits[0][:400], digits[1][:400]
+    model = make(framework, 0, dropout=0.1)
+    before = modes(model, framework)
+    history = backend.train_classifier(model, X, y, epochs=3, seed=0, verbose=False)
+    assert len(history) == 3 and history[-1] < history[0]
+    assert modes(model, framework) == before
