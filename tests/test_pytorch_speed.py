@@ -17,8 +17,8 @@ from torch import nn
 
 from distilldetect import ModelDistillation
 from distilldetect.backends.torch import fast as pf
-from distilldetect.backends.torch import seed_student
 from distilldetect.backends.torch import runtime as tb
+from distilldetect.backends.torch import seed_student
 from distilldetect.backends.torch.models import cnn_classifier, distilled_model_cifar10, resnet
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import random
 import subprocess
@@ -132,26 +133,6 @@ def test_importing_distilldetect_does_not_import_tensorflow():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-# ------------------------------------------------------------------------------ the loss
-@pytest.mark.parametrize("loss_type", ["kld", "xent"])
-def test_distillation_loss_matches_numpy_reference(loss_type):
-    rng = np.random.default_rng(0)
-    p = rng.dirichlet(np.full(10, 0.3), size=200)
-    q = rng.dirichlet(np.full(10, 0.3), size=200)
-    p[:5, 0], q[5:10, 1] = 0.0, 0.0  # exercise the clipping
-    p[:5] /= p[:5].sum(1, keepdims=True)
-    q[5:10] /= q[5:10].sum(1, keepdims=True)
-    reference = losses.kld(p, q) if loss_type == "kld" else losses.xent(p, q)
-    got64 = tfb.distillation_loss(tf.constant(p), tf.constant(q), loss_type)
-    assert got64.dtype == tf.float64
-    np.testing.assert_allclose(got64.numpy(), reference, rtol=1e-6, atol=1e-9)
-    got32 = tfb.distillation_loss(tf.constant(p, tf.float32), tf.constant(q, tf.float32), loss_type)
-    assert got32.dtype == tf.float32
-    np.testing.assert_allclose(got32.numpy(), reference, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="loss_type"):
-        tfb.distillation_loss(p, q, "mse")
-
-
 # ---------------------------------------------------------------------- parity and maths
 @pytest.mark.parametrize(("temperature", "loss_type"), [(0.5, "kld"), (1.0, "kld"), (2.0, "xent")])
 def test_score_parity_with_alibi_detect(fitted, flat, temperature, loss_type):
@@ -254,22 +235,6 @@ def test_train_step_traces_once_with_a_smaller_last_batch(flat, keras_teacher):
     assert fn.experimental_get_tracing_count() == 1
 
 
-def test_teacher_is_never_trained_and_flags_are_untouched(flat):
-    X = flat[0][:400].reshape(-1, 8, 8)
-    keras.utils.set_random_seed(5)
-    teacher = kzoo.cnn_classifier((8, 8), filters=(8,), dense=(16,), dropout=0.5, batch_norm=True)
-    teacher.get_layer("features_0").trainable = False  # as a user may have set it
-    flags = [layer.trainable for layer in teacher.layers]
-    before = keras_weights(teacher)  # includes the batch-norm moving statistics
-    student = kzoo.mlp((8, 8), 10, (16,))
-    ad = ModelDistillation(distilled_model=student, model=teacher)
-    ad.fit(X, epochs=2, verbose=False, seed=0)
-    ad.score(X)
-    assert same(before, keras_weights(teacher))
-    assert [layer.trainable for layer in teacher.layers] == flags
-    assert len(teacher.trainable_weights) > 0  # we did not freeze it either
-
-
 def test_same_init_and_seed_give_identical_weights_without_touching_global_rngs(flat):
     X = flat[0][:300].reshape(-1, 8, 8)
     teacher = lambda x: np.full((len(x), 10), 0.1)  # noqa: E731
@@ -288,25 +253,6 @@ def test_same_init_and_seed_give_identical_weights_without_touching_global_rngs(
         runs.append(student.get_weights())
     assert same(runs[0], runs[1]), "same initial weights + same seed must train identically"
     assert not same(runs[0], runs[2])
-
-
-def test_optimizer_class_instance_and_learning_rate(flat, keras_teacher):
-    X = flat[0][:200]
-    student = seed_student()
-    ad = ModelDistillation(distilled_model=student, model=keras_teacher)
-    ad.fit(X, optimizer=tf.keras.optimizers.SGD, learning_rate=0.1, epochs=1, verbose=False)
-    opt = tf.keras.optimizers.RMSprop(learning_rate=1e-3)
-    ad.fit(X, optimizer=opt, epochs=1, batch_size=100, verbose=False)
-    assert int(opt.iterations) == 2, "the given optimizer instance was not used"
-    with pytest.raises(ValueError, match="learning_rate applies only"):
-        ad.fit(X, optimizer=opt, learning_rate=0.1, epochs=1, verbose=False)
-    other = tf.keras.optimizers.Adam()
-    other.build(seed_student().trainable_variables)
-    with pytest.raises(ValueError, match="already used for other variables"):
-        ad.fit(X, optimizer=other, epochs=1, verbose=False)
-    for bad in ("adam", torch.optim.Adam):
-        with pytest.raises(TypeError, match="optimizer"):
-            ad.fit(X, optimizer=bad, epochs=1, verbose=False)
 
 
 def test_custom_tf_loss_fn(flat, keras_teacher):
@@ -501,7 +447,7 @@ def test_zoo_defaults_match_torch_parameter_counts():
         k, t = kzoo.build(name), tzoo.build(name)
         assert tfb.n_trainable_parameters(k) == sum(p.numel() for p in t.parameters()) == count
         assert k.input_shape == (None, 32, 32, 3) and k.output_shape == (None, 10)
-    with pytest.raises(ValueError, match="unknown model builder"):
+    with pytest.raises(ValueError, match="unknown model 'vgg'"):
         kzoo.build("vgg")
     with pytest.raises(ValueError, match="nb_conv_layers"):
         kzoo.distilled_model_cifar10(nb_conv_layers=4)
@@ -564,11 +510,9 @@ def test_save_and_load_detector_with_keras_models(tmp_path, fitted, flat, digits
     X_test = flat[2]
     fitted.infer_threshold(X_test, threshold_perc=95)
     save_detector(fitted, tmp_path / "det")
-    assert sorted(p.name for p in (tmp_path / "det").iterdir()) == [
-        "config.json",
-        "distilled_model.keras",
-        "model.keras",
-    ]
+    config = json.loads((tmp_path / "det" / "config.json").read_text())
+    data = tmp_path / "det" / config["data"]
+    assert sorted(p.name for p in data.iterdir()) == ["distilled_model.keras", "model.keras"]
     ad = load_detector(tmp_path / "det")
     assert ad.threshold == fitted.threshold and ad.temperature == 0.5
     assert ad.meta["backend"] == "tensorflow"
@@ -583,7 +527,7 @@ def test_save_and_load_detector_with_keras_models(tmp_path, fitted, flat, digits
     np.testing.assert_allclose(back.score(X8), mixed.score(X8), rtol=1e-6, atol=1e-9)
 
     # a modified archive is refused before Keras parses it
-    path = tmp_path / "det" / "distilled_model.keras"
+    path = data / "distilled_model.keras"
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(ValueError, match="distilled_model.keras"):
         load_detector(tmp_path / "det")
