@@ -68,6 +68,22 @@ CHUNK_SIZE = 1 << 20
 _USER_AGENT = f"distilldetect/{__version__} (+python urllib)"
 
 
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to ``http(s)://`` URLs only (urllib alone would follow ``ftp://``)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        scheme = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl)).scheme
+        if scheme not in ("http", "https"):
+            raise urllib.error.HTTPError(
+                req.full_url, code, f"redirect to a {scheme or 'schemeless'} URL refused "
+                f"({newurl}); only http(s) is followed", headers, fp,
+            )  # fmt: skip
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
+
+
 class DownloadError(OSError):
     """A download failed: the server refused, the transfer broke, or the bytes did not check out.
 
@@ -244,6 +260,7 @@ def download(
     validate: Callable[[Path], Any] | None = None,
     force: bool = False,
     timeout: float = 60.0,
+    deadline: float | None = 3600.0,
     verbose: bool = True,
 ) -> Path:
     """Download a file into the cache, checked before use; return its path.
@@ -274,6 +291,9 @@ def download(
         Download again even when the file is cached.
     timeout
         Seconds to wait for the server on connect and on each read.
+    deadline
+        Seconds the whole transfer of one URL may take (None: no limit); a server that
+        trickles bytes slower than that is given up on, and nothing is saved.
     verbose
         Show a progress bar (tqdm, on stderr).
 
@@ -309,11 +329,19 @@ def download(
         raise TypeError(f"validate must be callable or None, got {describe(validate)}")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    if deadline is not None and (
+        isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not deadline > 0
+    ):
+        raise ValueError(f"deadline must be None or a number of seconds > 0, got {deadline!r}")
 
     dest_dir = get_cache_dir(cache_dir)
     if subdir is not None:
         dest_dir = dest_dir / subdir
     dest = dest_dir / filename
+    if dest.is_dir():
+        raise ValueError(
+            f"filename {filename!r}: {dest} is a folder, not a file the download could replace"
+        )
 
     if dest.is_file() and not force:
         try:
@@ -332,7 +360,14 @@ def download(
     for u in urls:
         try:
             _fetch(
-                u, dest, sha256=sha256, md5=md5, validate=validate, timeout=timeout, verbose=verbose
+                u,
+                dest,
+                sha256=sha256,
+                md5=md5,
+                validate=validate,
+                timeout=timeout,
+                deadline=deadline,
+                verbose=verbose,
             )
         except DownloadError as exc:
             errors.append(exc)
@@ -367,13 +402,17 @@ def _fetch(
     md5: str | None,
     validate: Callable[[Path], Any] | None,
     timeout: float,
+    deadline: float | None = None,
     verbose: bool,
 ) -> None:
     """Stream ``url`` into a temporary file beside ``dest``, check it, rename it into place."""
+    import time
+
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     logger.info("downloading %s to %s", url, dest)
+    started = time.monotonic()
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = _OPENER.open(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         raise DownloadError(f"could not download {url}: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
@@ -410,7 +449,9 @@ def _fetch(
             ):
                 while True:
                     try:
-                        chunk = response.read(CHUNK_SIZE)
+                        chunk = response.read1(
+                            CHUNK_SIZE
+                        )  # what arrived: the deadline is checked often
                     except (http.client.HTTPException, OSError) as exc:
                         raise DownloadError(
                             f"the transfer of {url} was interrupted after {received:,} bytes "
@@ -418,6 +459,11 @@ def _fetch(
                         ) from exc
                     if not chunk:
                         break
+                    if deadline is not None and time.monotonic() - started > deadline:
+                        raise DownloadError(
+                            f"the transfer of {url} took longer than its deadline of "
+                            f"{deadline:g} s ({received:,} bytes received); nothing was saved"
+                        )
                     out.write(chunk)
                     sha.update(chunk)
                     md.update(chunk)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import os
 import struct
 import zlib
@@ -266,6 +267,27 @@ def _read_exact(f: IO[bytes], out: memoryview) -> int:
     return filled
 
 
+#: Deflate cannot expand data more than about 1032 times: a bound on what a gzip file can hold.
+_MAX_DEFLATE_RATIO = 1032
+
+
+def _check_declared_size(path: Path, dims: tuple[int, ...], size: int, header: int) -> None:
+    """Refuse a header announcing more data than the file can hold, before allocating it."""
+    on_disk = path.stat().st_size
+    if path.suffix == ".gz":
+        most = on_disk * _MAX_DEFLATE_RATIO
+        if size > most:
+            raise ValueError(
+                f"{path} is not a valid IDX file: its header announces shape {dims} ({size:,} "
+                f"bytes of data), more than a gzip file of {on_disk:,} bytes can hold"
+            )
+    elif size > on_disk - header:
+        raise ValueError(
+            f"{path} is truncated: its header announces shape {dims} ({size:,} bytes of data) "
+            f"but the file holds only {max(on_disk - header, 0):,} bytes after its header"
+        )
+
+
 def read_idx(path: str | os.PathLike[str], *, ndim: int) -> np.ndarray:
     """Read an IDX file of unsigned bytes with ``ndim`` dimensions (gzipped or not).
 
@@ -295,7 +317,8 @@ def read_idx(path: str | os.PathLike[str], *, ndim: int) -> np.ndarray:
             if len(dims_raw) < 4 * ndim:
                 raise ValueError(f"{path} is truncated: it ends inside the IDX header")
             dims = struct.unpack(f">{ndim}I", dims_raw)
-            size = int(np.prod(dims, dtype=np.int64))
+            size = math.prod(dims)  # Python integers: no overflow for any header
+            _check_declared_size(path, dims, size, 4 + 4 * ndim)
             data = np.empty(size, dtype=np.uint8)
             got = _read_exact(f, memoryview(data))
             if got < size:
