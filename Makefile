@@ -6,16 +6,16 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,tensorflow
+EXTRAS ?= dev,all,docs
 DEMO_ARGS ?=
 
 REF_VENV := .venv-reference
 REF_PY := $(REF_VENV)/bin/python
 REF_STAMP := $(REF_VENV)/.installed
 
-.PHONY: setup data test lint demo bench bench-reference clean
+.PHONY: setup data browser test lint bare docs demo bench bench-reference clean
 
-setup: $(STAMP) data
+setup: $(STAMP) data browser
 
 # Install torch's CPU build first (from this machine's disk); a bare `torch`
 # requirement would otherwise pull a multi-GB CUDA build.
@@ -23,8 +23,10 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 	$(PIP) install torch==2.13.0 2>&1 | grep -v '^WARNING: Location' || true
+	# tensorflow-cpu (an older setup) and tensorflow write the same files: keep one
+	$(PY) -m pip uninstall -y -q tensorflow-cpu 2>/dev/null || true
 	$(PIP) install -e '.[$(EXTRAS)]' 2>&1 | grep -v '^WARNING: Location' || true
-	$(PY) -c "import torch, distilldetect" && touch $(STAMP)
+	$(PY) -c "import torch, tensorflow, fastapi, ray, distilldetect" && touch $(STAMP)
 
 # Fashion-MNIST from Debian when missing (root + apt-get); otherwise the loader downloads it.
 data:
@@ -36,12 +38,33 @@ data:
 	  else echo "note: $(FMNIST_DIR) missing and apt-get unusable; the loader will download the data"; fi; \
 	fi
 
+# Debian's Chromium for the dashboard's browser test (Playwright drives /usr/bin/chromium).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
+	      && echo "installed chromium" \
+	      || echo "warning: could not install chromium; the dashboard's browser test will be skipped"; \
+	  else echo "note: /usr/bin/chromium missing; the dashboard's browser test will be skipped"; fi; \
+	fi
+
+# The bare package (no framework, no extra) in a clean venv: it installs and imports.
+BARE := .venv-bare
+bare:
+	rm -rf $(BARE) && $(PYTHON) -m venv $(BARE)
+	$(BARE)/bin/python -m pip --disable-pip-version-check -q install . 2>&1 | grep -v '^WARNING: Location' || true
+	cd /tmp && $(CURDIR)/$(BARE)/bin/python $(CURDIR)/scripts/check_bare_install.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: setup lint
+test: setup lint bare
 	$(PY) -m pytest -n 2 --dist loadfile
+
+# The documentation site, built strictly (also run by the tests).
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 # The main job: the harmful-drift study on Fashion-MNIST (report + figures in results/).
 demo: setup
@@ -62,4 +85,4 @@ bench-reference: setup $(REF_STAMP)
 	$(PY) benchmarks/run.py --reference --json results/bench.json
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(BARE) build dist src/*.egg-info .pytest_cache .ruff_cache
