@@ -73,6 +73,12 @@ CONFIGS: dict[str, tuple[str, str]] = {
     "fit_uncached": ("fit", "inst*epoch/s"),
     "score": ("score", "inst/s"),
     "score_teacher_probs": ("score", "inst/s"),
+    # the same on models written outside the zoo (benchmarks/user_models.py), default path...
+    "fit_user": ("fit", "inst*epoch/s"),
+    "score_user": ("score", "inst/s"),
+    # ...and with ModelDistillation(optimize=True), the opt-in for models of unknown code
+    "fit_user_optimized": ("fit", "inst*epoch/s"),
+    "score_user_optimized": ("score", "inst/s"),
 }
 
 FIT_BATCH_SIZE = 128  # both libraries' default
@@ -238,14 +244,27 @@ def _child(
     kind, unit = CONFIGS[config]
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
-    teacher = resnet().eval()
+    user = "_user" in config
+    optimize = config.endswith("_optimized")
+    if user:
+        sys.path.insert(0, str(HERE))
+        from user_models import UserResNet20, UserStudent
+
+        teacher = UserResNet20().eval()
+        shape = (3, 32, 32)  # a user's torch model takes NCHW batches
+    else:
+        teacher = resnet().eval()
+        shape = (32, 32, 3)
 
     def student() -> torch.nn.Module:
         torch.manual_seed(1)
-        return distilled_model_cifar10()
+        return UserStudent() if user else distilled_model_cifar10()
+
+    def detector() -> ModelDistillation:
+        return ModelDistillation(distilled_model=student(), model=teacher, optimize=optimize)
 
     if kind == "fit":
-        X = rng.random((n_fit, 32, 32, 3), dtype=np.float32)
+        X = rng.random((n_fit, *shape), dtype=np.float32)
         kwargs: dict[str, Any] = {"epochs": epochs, "batch_size": FIT_BATCH_SIZE}
         if config == "fit_uncached":
             kwargs["preprocess_fn"] = lambda x: x
@@ -253,12 +272,12 @@ def _child(
         m = measure(
             lambda ad: ad.fit(X, verbose=False, seed=0, **kwargs),
             repeats,
-            setup=lambda: ModelDistillation(distilled_model=student(), model=teacher),
+            setup=detector,
         )
         work = n_fit * epochs
     else:
-        X = rng.random((n_score, 32, 32, 3), dtype=np.float32)
-        ad = ModelDistillation(distilled_model=student(), model=teacher)
+        X = rng.random((n_score, *shape), dtype=np.float32)
+        ad = detector()
         kwargs = {}
         if score_batch_size:
             kwargs["batch_size"] = score_batch_size

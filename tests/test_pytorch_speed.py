@@ -376,3 +376,66 @@ def test_parallel_step_adds_a_user_regulariser(workers, with_grad):
     assert np.isfinite(loss)
     for a, b in zip(student.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------ optimize=True: models of unknown code
+class UserNet(nn.Module):
+    """A user's own model (not known to the speed code): conv + BN + residual, NCHW."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.conv(x))) + x.mean(1, keepdim=True)
+        return torch.softmax(self.head(h.mean((2, 3))), dim=-1)
+
+
+class Untraceable(UserNet):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if float(x.sum()) > 0:  # data-dependent control flow: torch.fx cannot trace it
+            return super().forward(x)
+        return super().forward(-x)
+
+
+@pytest.mark.parametrize("cls", [UserNet, Untraceable])
+def test_optimize_runs_a_users_model_faster_path_with_the_same_outputs(cls):
+    torch.manual_seed(0)
+    teacher = randomise_batchnorm(cls()).eval()
+    student = cls()
+    X = np.random.default_rng(0).random((300, 3, 16, 16), dtype=np.float32)
+    plain = ModelDistillation(distilled_model=student, model=teacher).score(X)
+    fast = ModelDistillation(distilled_model=student, model=teacher, optimize=True)
+    assert not pf.is_known_model(teacher)
+    np.testing.assert_allclose(fast.score(X), plain, rtol=1e-5, atol=1e-6)
+    assert pf._FROZEN[teacher].optimize  # the optimised copy was built and cached
+    with torch.no_grad():
+        teacher.head.weight.mul_(2)  # changed weights: the copy is rebuilt, never stale
+    again = ModelDistillation(distilled_model=student, model=teacher).score(X)
+    np.testing.assert_allclose(fast.score(X), again, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(again, plain)
+
+
+def test_optimize_fits_a_users_student_like_the_plain_path(workers):
+    torch.manual_seed(0)
+    teacher = randomise_batchnorm(UserNet()).eval()
+    student = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 10), nn.Softmax(-1))
+
+    class Wrapped(nn.Module):  # unknown code without dropout or BN: splittable when optimised
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = copy.deepcopy(student)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x)
+
+    X = np.random.default_rng(1).random((256, 3, 16, 16), dtype=np.float32)
+    a, b = Wrapped(), Wrapped()
+    ModelDistillation(distilled_model=a, model=teacher).fit(X, epochs=2, verbose=False, seed=0)
+    ModelDistillation(distilled_model=b, model=teacher, optimize=True).fit(
+        X, epochs=2, verbose=False, seed=0
+    )
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)

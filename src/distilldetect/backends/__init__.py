@@ -67,7 +67,9 @@ class Backend(Protocol):
         """Whether ``obj`` is a model of this framework."""
         ...
 
-    def inference(self, model: Any) -> contextlib.AbstractContextManager[Callable[..., Any]]:
+    def inference(
+        self, model: Any, optimize: bool = False
+    ) -> contextlib.AbstractContextManager[Callable[..., Any]]:
         """A context manager yielding ``forward(x: np.ndarray) -> np.ndarray | tuple``.
 
         Forward passes run without gradients in inference (eval) mode, safely from many threads
@@ -200,7 +202,7 @@ def _callable_inference(model: Callable) -> Iterator[Callable[[np.ndarray], Any]
 
 
 def inference(
-    model: Any, framework: str | None = None
+    model: Any, framework: str | None = None, optimize: bool = False
 ) -> contextlib.AbstractContextManager[Callable[[np.ndarray], Any]]:
     """Context manager yielding a numpy-in, numpy-out forward function for any model.
 
@@ -210,6 +212,9 @@ def inference(
         A torch module, a Keras model or any callable.
     framework
         The model's framework if already known (skips :func:`framework_of`).
+    optimize
+        Opt in to the backend's optimised forward for a model whose code it does not know
+        (see the torch backend's ``inference``); a start-up cost, then faster calls.
 
     Examples
     --------
@@ -220,4 +225,4 @@ def inference(
     framework = framework_of(model) if framework is None else framework
     if framework == "callable":
         return _callable_inference(model)
-    return get_backend(framework).inference(model)
+    return get_backend(framework).inference(model, optimize)

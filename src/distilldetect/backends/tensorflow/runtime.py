@@ -174,12 +174,13 @@ def _forward_function(model: Any, trailing: tuple[int, ...], dtype: tf.DType) ->
 
 
 @contextlib.contextmanager
-def inference(model: Any) -> Iterator[Callable[[np.ndarray], Any]]:
+def inference(model: Any, optimize: bool = False) -> Iterator[Callable[[np.ndarray], Any]]:
     """Yield ``forward(x) -> numpy`` running ``model(x, training=False)`` without gradients.
 
     The forward pass is a ``tf.function`` traced once per instance shape and cached with the
-    model (weakly), so repeated scoring does not retrace. The model's weights and ``trainable``
-    flags are untouched. TensorFlow runtime errors on a batch are raised as ``ValueError``.
+    model (weakly), so repeated scoring does not retrace (``optimize`` changes nothing here: the
+    graph is always compiled). The model's weights and ``trainable`` flags are untouched, and
+    no mode is switched (``training=False`` is given per call), so concurrent calls are safe. TensorFlow runtime errors on a batch are raised as ``ValueError``.
 
     Examples
     --------
@@ -381,6 +382,7 @@ class Trainer:
         loss_type: str = "kld",
         loss_fn: Callable | None = None,
         seed: int | None = None,
+        optimize: bool = False,
     ) -> None:
         _check_tensorflow_backend(student, "distilled_model")
         if loss_type not in LOSS_TYPES:
