@@ -154,9 +154,14 @@ def read_checked(path: Path, expected: dict[str, Any], what: str = "a recorded f
     >>> read_checked(p, sha256_file(p))
     b'abc'
     """
-    regular_file(path, what)
+    st = regular_file(path, what)
+    if st.st_size != expected["bytes"]:  # before reading: a forged size allocates nothing
+        raise DetectorFormatError(
+            f"{path} has {st.st_size} bytes but {expected['bytes']} are recorded: the file is "
+            "truncated or was replaced"
+        )
     with open(path, "rb") as f:
-        data = f.read(int(expected["bytes"]) + 1)
+        data = f.read(st.st_size + 1)
     check_bytes(data, expected, path)
     return data
 
@@ -169,7 +174,7 @@ def read_limited(path: Path, limit: int, what: str) -> bytes:
             f"{path} is {st.st_size} bytes, more than {what} can be ({limit} bytes)"
         )
     with open(path, "rb") as f:
-        data = f.read(limit + 1)
+        data = f.read(min(limit, st.st_size) + 1)
     if len(data) > limit:
         raise DetectorFormatError(f"{path} grew beyond {limit} bytes while being read ({what})")
     return data

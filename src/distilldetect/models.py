@@ -6,6 +6,10 @@ tensorflow extra, ``backends/tensorflow_models.py``) so that this module imports
 
 from __future__ import annotations
 
+import importlib
+import os
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +26,7 @@ from .base import (
     describe,
 )
 
-__all__ = ["MODEL_NAMES", "build_model", "train_classifier"]
+__all__ = ["MODEL_NAMES", "build_model", "train_classifier", "load_classifier"]
 
 
 def build_model(name: str, framework: str = "pytorch", **kwargs: Any) -> Any:
@@ -123,3 +127,96 @@ def train_classifier(
         seed=check_seed(seed),
         verbose=check_bool(verbose, "verbose"),
     )
+
+
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_PICKLED = {".pt", ".pth", ".pkl", ".pickle", ".joblib", ".bin", ".ckpt"}
+
+
+def load_classifier(spec: str | os.PathLike, weights: str | os.PathLike | None = None) -> Any:
+    """A user's trained classifier, to protect (the teacher): from a file or an import path.
+
+    Parameters
+    ----------
+    spec
+        One of
+
+        * a ``.keras`` file: loaded in Keras' safe mode (no Lambda code);
+        * an ``.onnx`` file: run with ONNX Runtime as a black-box teacher (``[onnx]`` extra);
+        * ``module:factory``: ``factory()`` is imported and called (your own code, from your
+          import path), and must return a torch module or a Keras model; ``weights`` are then
+          loaded into it.
+    weights
+        For ``module:factory``: a ``.safetensors`` state dict (torch) or a ``.weights.h5`` file
+        (Keras). Pickle-based files (``.pt``, ``.pth``, ...) are refused: they can run code.
+
+    Returns
+    -------
+    object
+        A torch module, a Keras model, or an :class:`~distilldetect.backends.onnx.OnnxTeacher`.
+
+    Raises
+    ------
+    ValueError
+        If the file is missing, of an unknown or unsafe kind, or does not match ``weights``.
+
+    Examples
+    --------
+    >>> teacher = load_classifier("my_project.nets:make_resnet", weights="resnet.safetensors")  # doctest: +SKIP
+    >>> teacher = load_classifier("classifier.onnx")  # doctest: +SKIP
+    """
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"spec must be a path or 'module:factory', got {describe(spec)}")
+    text = os.fspath(spec)
+    path = Path(text)
+    if _IMPORT_PATH.match(text) and not path.exists():
+        return _from_factory(text, weights)
+    if weights is not None:
+        raise ValueError(f"weights= applies to a module:factory teacher, not to {text!r}")
+    if not path.is_file():
+        raise ValueError(f"teacher {text!r} is neither a file nor a 'module:factory' import path")
+    suffix = path.suffix.lower()
+    if suffix == ".keras":
+        return get_backend("tensorflow").load_keras_file(path)
+    if suffix == ".onnx":
+        from .backends.onnx import OnnxTeacher
+
+        return OnnxTeacher(path)
+    if suffix in _PICKLED or text.endswith(".h5"):
+        raise ValueError(
+            f"{path}: {suffix} model files are pickles or legacy archives that can run code when "
+            "loaded; export the model to .keras or .onnx, or give 'module:factory' and a "
+            ".safetensors weights file"
+        )
+    raise ValueError(
+        f"{path}: unknown model file type {suffix!r}; expected .keras, .onnx or 'module:factory'"
+    )
+
+
+def _from_factory(spec: str, weights: str | os.PathLike | None) -> Any:
+    module_name, _, attr = spec.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"cannot import {module_name!r} for teacher {spec!r}: {err}") from err
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"{module_name!r} has no attribute {attr!r} (teacher {spec!r})")
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"{spec} must be a factory function or class, got {describe(target)}")
+    model = target()
+    framework = framework_of(model)
+    if framework == "callable":
+        if weights is not None:
+            raise ValueError(f"{spec} returned a black-box callable; weights= cannot be loaded")
+        return model
+    if weights is None:
+        return model
+    weights_path = Path(os.fspath(weights))
+    if framework == "pytorch":
+        return get_backend("pytorch").load_weights_file(model, weights_path)
+    if not weights_path.name.endswith(".weights.h5"):
+        raise ValueError(f"{weights_path}: Keras weights must be a .weights.h5 file")
+    model.load_weights(weights_path)
+    return model

@@ -385,3 +385,34 @@ def load_model(directory: Path, entry: dict[str, Any], model: Any = None) -> Any
         loaded.builder_config = entry["builder_config"]
     logger.debug("loaded %s from %s", name, path)
     return loaded
+
+
+def load_keras_file(path: str | Path) -> Any:
+    """A user's ``.keras`` model file, loaded in Keras' safe mode (no Lambda code), not compiled.
+
+    The bytes are read once and parsed from a private temporary copy.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a ``.keras`` archive or safe mode refuses it (the message says why).
+
+    Examples
+    --------
+    >>> teacher = load_keras_file("classifier.keras")  # doctest: +SKIP
+    """
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ValueError(f"{path} is not a .keras file (Keras 3's archive format)")
+    _check_keras_version()
+    data = files.read_limited(path, 2**34, "a Keras model")
+    with tempfile.TemporaryDirectory(prefix="distilldetect-keras-") as tmp:
+        copy = Path(tmp) / "model.keras"
+        copy.write_bytes(data)
+        try:
+            return _safe_load(copy)
+        except Exception as err:  # safe-mode refusals and unknown classes
+            raise ValueError(
+                f"{path} cannot be loaded in Keras' safe mode ({_short(err)}); a model with a "
+                "Lambda layer or a custom class must be built in code (module:factory)"
+            ) from err

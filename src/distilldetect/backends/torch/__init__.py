@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from .io import load_model, save_model
+from .io import load_model, load_weights_file, save_model
 from .models import build as build_model
 from .runtime import (
     Trainer,
@@ -35,6 +35,7 @@ __all__ = [
     "inference",
     "is_model",
     "load_model",
+    "load_weights_file",
     "manual_seed",
     "model_device",
     "model_dtype",

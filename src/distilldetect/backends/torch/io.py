@@ -434,3 +434,44 @@ def load_model(
                 param.requires_grad_(False)
         model.train(entry["training"])
     return model
+
+
+def load_weights_file(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Load a safetensors state dict into ``model`` in place: all tensors or none.
+
+    Names, shapes and dtypes are compared before anything is copied; a mismatch raises
+    ``ValueError`` listing the differences. Never unpickles (``.pt`` / ``.pth`` files are refused).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from distilldetect.backends.torch.models import mlp
+    >>> net = mlp((4,), 2, (3,))
+    >>> p = Path(tempfile.mkdtemp()) / "w.safetensors"
+    >>> safetensors.torch.save_file(net.state_dict(), p)
+    >>> load_weights_file(mlp((4,), 2, (3,)), p).builder_config["name"]
+    'mlp'
+    """
+    path = Path(path)
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"the factory must return a torch.nn.Module, got {describe(model)}")
+    if path.suffix != ".safetensors":
+        raise ValueError(
+            f"{path}: weights must be a .safetensors file (torch's .pt/.pth files are pickles, "
+            "which can run code when loaded); convert them with safetensors.torch.save_file"
+        )
+    data = files.read_limited(path, 2**36, "a weights file")
+    try:
+        tensors = safetensors.torch.load(data)
+    except Exception as err:  # safetensors' own error types
+        raise ValueError(f"{path} is not a valid safetensors file: {err}") from None
+    expected = {k: (list(t.shape), _dtype_name(t.dtype)) for k, t in tensors.items()}
+    got = {k: (list(s), d) for k, (s, d) in _signature(model).items()}
+    if got != expected:
+        raise ValueError(
+            f"the module does not match the weights in {path}: "
+            + _differences(expected, got, "file", "module")
+        )
+    with torch.no_grad():
+        model.load_state_dict(tensors, strict=True)
+    return model
