@@ -28,7 +28,7 @@ def detectors(tmp_path_factory, digits, digits_teacher) -> dict[str, Any]:
     torch.manual_seed(1)
     student = build_model("mlp", input_shape=(8, 8), num_classes=10, hidden=(16,))
     ad = ModelDistillation(distilled_model=student, model=digits_teacher)
-    ad.fit(X_train, epochs=2, seed=0, verbose=False)
+    ad.fit(X_train, epochs=20, seed=0, verbose=False)
     ad.infer_threshold(X_test[:200], threshold_perc=90)
     root = tmp_path_factory.mktemp("detectors")
     save_detector(ad, root / "ad")
