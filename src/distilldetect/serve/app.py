@@ -264,15 +264,25 @@ class Service:
 class _Guard:
     """Metrics, token check and request size limit, before any routing or parsing."""
 
-    def __init__(self, app: Any, service: Service, routes: Callable[[], list]) -> None:
+    def __init__(
+        self,
+        app: Any,
+        service: Service,
+        routes: Callable[[], list],
+        fast_route: Callable[[str, str], Any] | None = None,
+    ) -> None:
         self.app = app
         self.service = service
         self.routes = routes
+        self.fast_route = fast_route
         token = service.config.token
         self.token = None if token is None else token.encode()
         self.limit = service.config.max_request_bytes
 
     def _endpoint(self, scope: dict[str, Any]) -> str:
+        fast = scope.get("distilldetect.endpoint")
+        if fast is not None:
+            return fast
         route = scope.get("route")
         if route is not None and hasattr(route, "path"):
             return route.path
@@ -406,8 +416,15 @@ class _Guard:
                 chunks.append(body)
             if not message.get("more_body", False):
                 break
-        replayed = False
         full = b"".join(chunks)
+        fast = None if self.fast_route is None else self.fast_route(scope["method"], scope["path"])
+        if fast is not None:
+            endpoint, handler = fast
+            scope["distilldetect.endpoint"] = endpoint
+            status, body, extra = await _run_fast(handler, full)
+            await self._answer(send, status, body, extra)
+            return
+        replayed = False
 
         async def replay() -> dict[str, Any]:
             nonlocal replayed
@@ -432,6 +449,25 @@ class _Guard:
             },
             [(b"connection", b"close")],
         )
+
+
+async def _run_fast(
+    handler: Callable[[bytes], Any], body: bytes
+) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
+    """Status, JSON body and headers of a scoring request, errors as the app's handlers make them."""
+    try:
+        return 200, await handler(body), []
+    except APIError as exc:
+        headers = [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
+        return exc.status, exc.body(), headers
+    except RequestValidationError as exc:
+        status, out = _validation_body(list(exc.errors()))
+        return status, out, []
+    except WorkerStopped as exc:
+        return 503, {"error": str(exc)}, []
+    except Exception:  # a bug, not bad input: logged, answered 500
+        logger.exception("scoring request failed")
+        return 500, {"error": "internal error; see the server log"}, []
 
 
 # ========================================================================= the app
@@ -778,9 +814,9 @@ def create_app(
         return {"name": config.name, "ready": service.ready}
 
     # ------------------------------------------------------------------ inference
-    async def infer(model_name: str, model_version: str | None, request: Request) -> Any:
+    async def infer(model_name: str, model_version: str | None, body: bytes) -> dict[str, Any]:
         det = model_for(model_name, model_version)
-        req: InferenceRequest = _parse(InferenceRequest, await request.body())
+        req: InferenceRequest = _parse(InferenceRequest, body)
         names = [t.name for t in req.inputs]
         xs = [i for i, t in enumerate(req.inputs) if t.name != TEACHER_PROBS]
         tps = [i for i, t in enumerate(req.inputs) if t.name == TEACHER_PROBS]
@@ -859,7 +895,7 @@ def create_app(
         openapi_extra=_body(InferenceRequest),
     )
     async def model_infer(model_name: str, request: Request) -> Any:
-        return await infer(model_name, None, request)
+        return await infer(model_name, None, await request.body())
 
     @app.post(
         "/v2/models/{model_name}/versions/{model_version}/infer",
@@ -869,7 +905,7 @@ def create_app(
         openapi_extra=_body(InferenceRequest),
     )
     async def model_version_infer(model_name: str, model_version: str, request: Request) -> Any:
-        return await infer(model_name, model_version, request)
+        return await infer(model_name, model_version, await request.body())
 
     @app.post(
         "/score",
@@ -880,8 +916,11 @@ def create_app(
     )
     async def plain_score(request: Request) -> Any:
         """Scores and flags of ``instances`` (optionally with the teacher's probabilities)."""
+        return await score_body(await request.body())
+
+    async def score_body(body: bytes) -> dict[str, Any]:
         det = service._current()
-        req: ScoreRequest = _parse(ScoreRequest, await request.body())
+        req: ScoreRequest = _parse(ScoreRequest, body)
         x = check_instances(
             plain_array(req.instances, "instances"),
             "instances",
@@ -980,6 +1019,28 @@ def create_app(
             )
         return await service.reload()
 
+    # ------------------------------------------------------------------ fast path
+    def fast_route(method: str, path: str) -> tuple[str, Callable[[bytes], Any]] | None:
+        """The scoring endpoints, answered by the guard without FastAPI's per-request layers
+        (routing, dependency solving, response re-validation): the same functions as the
+        routes above, about a third less CPU per request. The routes stay for the schema."""
+        if method != "POST":
+            return None
+        if path == "/score":
+            return "/score", score_body
+        parts = path.split("/")
+        if len(parts) < 5 or parts[1] != "v2" or parts[2] != "models" or not parts[3]:
+            return None
+        name = parts[3]
+        if len(parts) == 5 and parts[4] == "infer":
+            return "/v2/models/{model_name}/infer", functools.partial(infer, name, None)
+        if len(parts) == 7 and parts[4] == "versions" and parts[5] and parts[6] == "infer":
+            return (
+                "/v2/models/{model_name}/versions/{model_version}/infer",
+                functools.partial(infer, name, parts[5]),
+            )
+        return None
+
     # ------------------------------------------------------------------ schema
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -998,5 +1059,7 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi
-    app.add_middleware(_Guard, service=service, routes=lambda: app.router.routes)
+    app.add_middleware(
+        _Guard, service=service, routes=lambda: app.router.routes, fast_route=fast_route
+    )
     return app

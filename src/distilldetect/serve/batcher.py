@@ -77,6 +77,23 @@ def _deliver(job: _Job, value: Any, error: BaseException | None) -> None:
         pass
 
 
+def _resolve_many(items: list[tuple[asyncio.Future, Any]]) -> None:
+    for future, value in items:
+        _resolve(future, value, None)
+
+
+def _deliver_many(jobs: list[_Job], values: list[Any]) -> None:
+    """Hand the results of a batch over, one wake-up of each event loop for all of them."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
+    for job, value in zip(jobs, values, strict=True):
+        by_loop.setdefault(job.loop, []).append((job.future, value))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve_many, items)
+        except RuntimeError:  # the loop is closed: its requests are gone
+            pass
+
+
 _STOP = object()
 
 
@@ -283,10 +300,11 @@ class MicroBatcher:
         if self._on_batch is not None:
             self._on_batch(len(scores), len(group), elapsed)
         offset = 0
+        values = []
         for job in group:
-            part = scores[offset : offset + job.n]
+            values.append(ScoreResult(scores[offset : offset + job.n], detector))
             offset += job.n
-            _deliver(job, ScoreResult(part, detector), None)
+        _deliver_many(group, values)
         if self._on_scored is not None:
             try:
                 self._on_scored(detector, scores)
