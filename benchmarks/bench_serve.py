@@ -319,13 +319,14 @@ def main() -> None:
             proc.stderr.close()
     print()
     print(
-        "| instances/request | teacher_probs | concurrency | requests/s | instances/s | p50 ms "
-        "| p99 ms | ratio to offline |"
+        "| client | instances/request | teacher_probs | concurrency | requests/s | instances/s "
+        "| p50 ms | p99 ms | ratio to offline |"
     )
-    print("|---:|:---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|:---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['instances_per_request']} | {'yes' if r['teacher_probs'] else 'no'} | "
+            f"| {r['client']} | {r['instances_per_request']} | "
+            f"{'yes' if r['teacher_probs'] else 'no'} | "
             f"{r['concurrency']} | {r['requests_per_s']:.0f} | {r['instances_per_s']:.0f} | "
             f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['ratio_to_offline']:.2f} |"
         )

@@ -43,6 +43,10 @@ def test_window_and_tests_are_the_saved_detectors_decisions(serve, detectors, tm
     assert (
         drift["p_val"] == history[-1]["p_val"] and drift["updated_at"] == history[-1]["updated_at"]
     )
+    with live.client() as c:  # the latest result does not depend on how much history is asked
+        short = c.get("/drift", params={"history": 0}).json()
+    assert short["history"] == [] and short["p_val"] == drift["p_val"]
+    assert short["is_drift"] == drift["is_drift"] and short["reason"] is None
     flagged = [float((scores[a:b] > ad.threshold).mean()) for a, b in [(0, 20), (0, 40), (10, 60)]]
     assert [h["flagged_rate"] for h in history] == pytest.approx(flagged)
     assert metric_value(metrics, "distilldetect_drift_p_value") == pytest.approx(

@@ -38,7 +38,6 @@ def live_schema(detectors):
     srv.stop()
 
 
-@pytest.mark.timeout(600)
 @pytest.mark.parametrize(
     "mode, fixed",
     [

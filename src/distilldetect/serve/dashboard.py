@@ -315,6 +315,7 @@ def render_panel(state: dict[str, Any]) -> str:
         _tile("flagged", f"{n_flag:,} ({100 * n_flag / n_seen:.1f}%)" if n_seen else "0"),
         _tile("requests", f"{state['requests']:,}"),
         _tile("threshold", _fmt(threshold)),
+        _tile("version", str(state.get("version", ""))),
     ]
     if drift["enabled"]:
         p = drift["p_val"]

@@ -287,9 +287,9 @@ class DriftMonitor:
             items = list(self._history)
             n_window = int(len(self._scores))
             n_seen = self._n_seen
+        latest = items[-1] if items else None
         if history is not None:
             items = items[-history:] if history > 0 else []
-        latest = items[-1] if items else None
         enabled = detector is not None and detector.drift_enabled
         reason = None
         if not enabled:
