@@ -232,3 +232,16 @@ def test_dashboard_escapes_names_and_draws_charts():
     assert "<script>alert" not in page and "&lt;script&gt;" in page
     assert page.count("<svg") == 3 and "DRIFT" in page and "<polyline" in page
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["app", "batcher", "command", "dashboard", "detector", "metrics", "monitor", "protocol"],
+)
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"distilldetect.serve.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0

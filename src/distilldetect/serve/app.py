@@ -78,6 +78,8 @@ __all__ = ["create_app", "ServeConfig", "Service"]
 logger = logging.getLogger("distilldetect.serve")
 
 _OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
+#: HTTP methods kept as metric labels (others are counted as "other": bounded label values).
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 
 @dataclasses.dataclass
@@ -347,10 +349,11 @@ class _Guard:
             await self._handle(scope, receive, send_wrapper)
         finally:
             endpoint = self._endpoint(scope)
+            method = scope["method"] if scope["method"] in _METHODS else "other"
             if state["done"]:
                 self.service.n_requests += 1
                 self.service.metrics.observe_request(
-                    endpoint, scope["method"], state["status"], time.perf_counter() - start
+                    endpoint, method, state["status"], time.perf_counter() - start
                 )
             else:
                 self.service.metrics.disconnects.labels(endpoint).inc()

@@ -353,6 +353,8 @@ def _numeric_array(data: list[Any], field: str, datatype: str) -> np.ndarray:
 def decode_tensor(tensor: RequestInput, field: str) -> np.ndarray:
     """The tensor's data as a numpy array of its declared shape, checked against its datatype.
 
+    Values keep the type JSON gave them (integers stay integers); the caller casts.
+
     Raises
     ------
     APIError
@@ -362,9 +364,9 @@ def decode_tensor(tensor: RequestInput, field: str) -> np.ndarray:
 
     Examples
     --------
-    >>> t = RequestInput(name="x", shape=[2, 2], datatype="FP32", data=[1, 2, 3, 4])
+    >>> t = RequestInput(name="x", shape=[2, 2], datatype="FP32", data=[0.5, 1, 2, 3])
     >>> decode_tensor(t, "inputs[0]").tolist()
-    [[1.0, 2.0], [3.0, 4.0]]
+    [[0.5, 1.0], [2.0, 3.0]]
     """
     datatype = tensor.datatype
     shape = tensor.shape
