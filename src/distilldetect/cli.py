@@ -3,6 +3,7 @@
     distilldetect experiment [--dataset fashion_mnist|cifar10] [--quick] [--out DIR] ...
     distilldetect corruptions [--subset all]
     distilldetect fetch fashion_mnist|cifar10|cifar10c [--data-dir DIR] [--corruption NAME ...]
+    distilldetect serve DETECTOR_DIR [--host 127.0.0.1] [--port 8000] [--token-file FILE] ...
     distilldetect --version
 
 Errors in arguments or data are reported as one line on stderr with exit status 2, before any
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from tqdm.auto import tqdm
 
 from ._version import __version__
+from .serve import command as serve_command
 
 __all__ = ["main", "build_parser"]
 
@@ -128,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("dataset", choices=["fashion_mnist", "cifar10", "cifar10c"])
     fetch.add_argument("--data-dir", default=None)
     fetch.add_argument("--corruptions", type=_str_list, default="all", help="for cifar10c")
+
+    serve_command.add_parser(sub)
     return parser
 
 
@@ -236,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _experiment(args)
         if args.command == "corruptions":
             return _corruptions(args)
+        if args.command == "serve":
+            return serve_command.run(args)
         return _fetch(args)
     except (ValueError, TypeError, OSError) as err:
         if args.command == "experiment":
