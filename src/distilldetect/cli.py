@@ -3,6 +3,7 @@
     distilldetect experiment [--dataset fashion_mnist|cifar10] [--quick] [--out DIR] ...
     distilldetect corruptions [--subset all]
     distilldetect fetch fashion_mnist|cifar10|cifar10c [--data-dir DIR] [--corruption NAME ...]
+    distilldetect score DETECTOR_DIR INPUT OUTPUT [--engine local|ray] [--drift-window N] ...
     distilldetect --version
 
 Errors in arguments or data are reported as one line on stderr with exit status 2, before any
@@ -128,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("dataset", choices=["fashion_mnist", "cifar10", "cifar10c"])
     fetch.add_argument("--data-dir", default=None)
     fetch.add_argument("--corruptions", type=_str_list, default="all", help="for cifar10c")
+
+    from .batch import command as batch_command
+
+    batch_command.add_parser(sub)
     return parser
 
 
@@ -236,9 +241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _experiment(args)
         if args.command == "corruptions":
             return _corruptions(args)
+        if args.command == "score":
+            from .batch import command as batch_command
+
+            return batch_command.run(args)
         return _fetch(args)
     except (ValueError, TypeError, OSError) as err:
-        if args.command == "experiment":
+        if args.command in ("experiment", "score"):
             raise  # after the preflight: a real failure, keep its traceback
         return _error(err)
     except KeyboardInterrupt:
