@@ -211,3 +211,11 @@ def test_npy_teacher_probs(tmp_path):
         open_input(tmp_path / "x.npy", teacher_probs=tmp_path / "flat.npy")
     with pytest.raises(InputError, match="applies to Parquet"):
         open_input(tmp_path / "x.npy", instances_column="x")
+
+
+def test_truncated_npy_is_refused_from_its_header(tmp_path):
+    np.save(tmp_path / "x.npy", X)
+    data = (tmp_path / "x.npy").read_bytes()
+    (tmp_path / "x.npy").write_bytes(data[:-100])
+    with pytest.raises(InputError, match="truncated: its header announces 103 rows"):
+        open_input(tmp_path / "x.npy")

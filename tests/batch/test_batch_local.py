@@ -202,7 +202,7 @@ def test_non_probability_rows_are_refused_before_scoring(
     )
     with pytest.raises(InputError, match="row 321 is not a probability vector"):
         score_files(detectors["md"], path, tmp_path / "s.parquet", teacher_probs="probs")
-    assert calls == [1]  # only the preflight row was scored
+    assert calls == []  # refused before anything was scored
 
 
 def test_drift_window_needs_a_drift_detector(tmp_path, detectors, X_digits):
