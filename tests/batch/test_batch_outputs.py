@@ -106,3 +106,28 @@ def test_a_killed_writer_never_leaves_a_file_under_the_final_name(tmp_path):
     assert proc.returncode == -9
     assert not (tmp_path / "s.parquet").exists()
     assert len(_leftovers(tmp_path)) == 1  # the partial temp file, under a hidden name
+
+
+def test_batches_split_across_row_groups_keep_values_nulls_and_ids(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = scores_schema(pa.field("id", pa.string()))
+    path = tmp_path / "s.parquet"
+    flags = [True, None, False] * 70
+    with AtomicParquetWriter(path, schema, row_group_rows=100) as w:
+        for start in range(0, 210, 70):
+            w.write(
+                {
+                    "row_id": np.arange(start, start + 70),
+                    "id": pa.array([f"r{i}" for i in range(start, start + 70)]),
+                    "instance_score": np.arange(start, start + 70) / 10,
+                    "is_adversarial": pa.array(flags[start : start + 70], type=pa.bool_()),
+                }
+            )
+    table = pq.read_table(path)
+    assert [pq.ParquetFile(path).metadata.row_group(i).num_rows for i in range(3)] == [100, 100, 10]
+    assert table["row_id"].to_pylist() == list(range(210))
+    assert table["id"].to_pylist() == [f"r{i}" for i in range(210)]
+    assert table["instance_score"].to_pylist() == [i / 10 for i in range(210)]
+    assert table["is_adversarial"].to_pylist() == flags

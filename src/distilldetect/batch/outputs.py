@@ -34,7 +34,9 @@ logger = logging.getLogger(__name__)
 #: Column names of the scores table.
 ROW_ID, SCORE, FLAG = "row_id", "instance_score", "is_adversarial"
 #: Rows buffered before a Parquet row group is written.
-ROW_GROUP_ROWS = 1 << 17
+ROW_GROUP_ROWS = 1 << 16
+#: Arrow types buffered in numpy arrays.
+_FIXED = {"int64": np.int64, "double": np.float64, "bool": np.bool_}
 
 
 def output_paths(output: str | os.PathLike, with_drift: bool) -> tuple[Path, Path | None]:
@@ -128,44 +130,87 @@ class AtomicParquetWriter:
             raise InputError(f"{self.path} exists; pass overwrite=True to replace it")
         self.schema = schema
         self.row_group_rows = int(row_group_rows)
-        self.tmp = self.path.with_name(
-            f".{self.path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        )
-        self._buffer: list[Any] = []
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        self._pa = pa
+        # Fixed-width columns are copied into buffers allocated once: holding on to the small
+        # arrays of every batch until a row group is full would fragment the heap (and grow
+        # resident memory with the input); other columns are kept as Arrow arrays.
+        self._fixed: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._other: dict[str, list[Any]] = {}
+        for f in schema:
+            dtype = _FIXED.get(str(f.type))
+            if dtype is not None:
+                n = self.row_group_rows
+                self._fixed[f.name] = (np.empty(n, dtype=dtype), np.ones(n, dtype=bool))
+            else:
+                self._other[f.name] = []
         self._buffered = 0
         self.n_rows = 0
         self._done = False
         self._writer = pq.ParquetWriter(str(self.tmp), schema)
-        self._pa = pa
 
     def write(self, columns: dict[str, Any]) -> None:
         """Append rows given as ``{column: numpy array or pyarrow array}``."""
-        batch = self._pa.record_batch(
-            [self._array(columns[f.name], f) for f in self.schema], schema=self.schema
-        )
-        self._buffer.append(batch)
-        self._buffered += batch.num_rows
-        self.n_rows += batch.num_rows
-        if self._buffered >= self.row_group_rows:
-            self._flush()
+        missing = [f.name for f in self.schema if columns.get(f.name) is None]
+        if missing:
+            raise ValueError(f"columns {missing} are missing")
+        n = len(next(iter(columns.values())))
+        done = 0
+        while done < n:
+            take = min(n - done, self.row_group_rows - self._buffered)
+            for f in self.schema:
+                part = columns[f.name][done : done + take]
+                if f.name in self._fixed:
+                    values, valid = self._fixed[f.name]
+                    a, b = self._buffered, self._buffered + take
+                    values[a:b], valid[a:b] = self._numpy(part, values.dtype)
+                else:
+                    self._other[f.name].append(self._arrow(part, f))
+            self._buffered += take
+            done += take
+            if self._buffered == self.row_group_rows:
+                self._flush()
+        self.n_rows += n
 
-    def _array(self, value: Any, field: Any) -> Any:
+    def _numpy(self, value: Any, dtype: np.dtype) -> tuple[np.ndarray, Any]:
         pa = self._pa
-        if isinstance(value, (pa.Array, pa.ChunkedArray)):
-            if isinstance(value, pa.ChunkedArray):
-                value = value.combine_chunks()
+        if isinstance(value, pa.ChunkedArray):
+            value = value.combine_chunks()
+        if isinstance(value, pa.Array):
+            if value.null_count:
+                return value.fill_null(False).to_numpy(zero_copy_only=False), np.asarray(
+                    value.is_valid()
+                )
+            return value.to_numpy(zero_copy_only=False), True
+        return np.asarray(value, dtype=dtype), True
+
+    def _arrow(self, value: Any, field: Any) -> Any:
+        pa = self._pa
+        if isinstance(value, pa.ChunkedArray):
+            value = value.combine_chunks()
+        if isinstance(value, pa.Array):
             return value if value.type == field.type else value.cast(field.type)
-        if value is None:
-            raise ValueError(f"column {field.name!r} is missing")
         if isinstance(value, np.ndarray) and value.dtype == object:
             return pa.array(list(value), type=field.type)
         return pa.array(value, type=field.type)
 
     def _flush(self) -> None:
-        if self._buffer:
-            table = self._pa.Table.from_batches(self._buffer, schema=self.schema)
-            self._writer.write_table(table, row_group_size=max(len(table), 1))
-            self._buffer, self._buffered = [], 0
+        if not self._buffered:
+            return
+        pa, n = self._pa, self._buffered
+        arrays = []
+        for f in self.schema:
+            if f.name in self._fixed:
+                values, valid = self._fixed[f.name]
+                mask = None if valid[:n].all() else ~valid[:n]
+                arrays.append(pa.array(values[:n], type=f.type, mask=mask))
+            else:
+                arrays.append(pa.concat_arrays(self._other[f.name]))
+                self._other[f.name] = []
+        table = pa.Table.from_arrays(arrays, schema=self.schema)
+        self._writer.write_table(table, row_group_size=n)
+        del table, arrays
+        self._buffered = 0
 
     def commit(self) -> Path:
         """Finish the file, fsync it and rename it over the final name."""
