@@ -1,6 +1,6 @@
 """Batch scoring at scale: rows/s of ``distilldetect score`` locally and on Ray, and flat memory.
 
-Run by hand: ``python benchmarks/bench_scale.py [--rows 20000] [--mem-rows 10000] [--json F]``.
+Run by hand: ``python benchmarks/bench_scale.py [--rows 100000] [--mem-rows 10000] [--json F]``.
 
 The detector is realistic for 28x28 images: the zoo ``cnn_classifier`` teacher and the seed's
 ``distilled_model_cifar10`` student (32 first-layer filters), trained briefly on Fashion-MNIST
@@ -150,7 +150,7 @@ def run_case(engine: str, detector: Path, inp: Path, out: Path, workers: int = 1
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=20000, help="rows of the speed cases")
+    parser.add_argument("--rows", type=int, default=100000, help="rows of the speed cases")
     parser.add_argument("--mem-rows", type=int, default=10000,
                         help="rows of the small memory case (the large one has 10x)")
     parser.add_argument("--skip-memory", action="store_true")

@@ -120,9 +120,11 @@ def test_ray_equals_local_with_logged_teacher_probs(
 
 
 def test_ray_cli_with_a_black_box_teacher_by_import_path(
-    tmp_path, cluster, detectors, X_digits, capsys
+    tmp_path, cluster, detectors, X_digits, capsys, monkeypatch
 ):
     import dd_batch_models
+
+    monkeypatch.setenv("RAY_ADDRESS", cluster.address)  # as inside a Ray job: --ray-address auto
 
     np.save(tmp_path / "x.npy", X_digits[:400])
     out = tmp_path / "s.parquet"
@@ -135,7 +137,7 @@ def test_ray_cli_with_a_black_box_teacher_by_import_path(
             "--engine",
             "ray",
             "--ray-address",
-            cluster.address,
+            "auto",
             "--workers",
             "2",
             "--model",
@@ -191,4 +193,26 @@ def test_ray_without_address_starts_and_stops_its_own_cluster(
         _read(tmp_path / "s.parquet")["instance_score"].to_numpy(),
         ad.score(X_digits[:200]),
         atol=1e-6,
+    )
+    # Ray already initialised by the caller: used as it is, and left running for the caller
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        score_files(
+            detectors["md"], tmp_path / "x.npy", tmp_path / "t.parquet", engine="ray", verbose=False
+        )
+        assert ray.is_initialized()
+        with pytest.raises(InputError, match="already initialised"):
+            score_files(
+                detectors["md"],
+                tmp_path / "x.npy",
+                tmp_path / "u.parquet",
+                engine="ray",
+                ray_address="127.0.0.1:6379",
+            )
+    finally:
+        ray.shutdown()
+    assert _read(tmp_path / "t.parquet").equals(
+        _read(tmp_path / "s.parquet").replace_schema_metadata(
+            _read(tmp_path / "t.parquet").schema.metadata
+        )
     )
