@@ -65,8 +65,9 @@ def build_detector(root: Path) -> Path:
 
     X_train = prep(x_train[:5000])
     teacher = build_model("cnn_classifier", input_shape=(28, 28))
-    train_classifier(teacher, X_train, y_train[:5000].astype(np.int64), epochs=1, seed=0,
-                     verbose=False)
+    train_classifier(
+        teacher, X_train, y_train[:5000].astype(np.int64), epochs=1, seed=0, verbose=False
+    )
     student = build_model("distilled_model_cifar10", input_shape=(28, 28), nb_filters1=32)
     ad = ModelDistillation(distilled_model=student, model=teacher, loss_type="xent")
     ad.fit(X_train, epochs=1, seed=0, verbose=False)
@@ -75,8 +76,9 @@ def build_detector(root: Path) -> Path:
     save_detector(ad.drift_detector(X_test[2000:3000], p_val=0.05), root / "detector")
     np.save(root / "pool.npy", X_test)
     (root / "source.txt").write_text(source)
-    n_params = sum(p.numel() for p in teacher.parameters()), sum(
-        p.numel() for p in student.parameters()
+    n_params = (
+        sum(p.numel() for p in teacher.parameters()),
+        sum(p.numel() for p in student.parameters()),
     )
     (root / "params.json").write_text(json.dumps(n_params))
     return root / "detector"
@@ -135,13 +137,21 @@ CHILD = textwrap.dedent(
 )
 
 
-def run_case(engine: str, detector: Path, inp: Path, out: Path, workers: int = 1,
-             env: dict | None = None) -> dict:
-    full_env = {**os.environ, **(env or {}), "RAY_AUTH_MODE": "disabled",
-                "RAY_USAGE_STATS_ENABLED": "0"}
+def run_case(
+    engine: str, detector: Path, inp: Path, out: Path, workers: int = 1, env: dict | None = None
+) -> dict:
+    full_env = {
+        **os.environ,
+        **(env or {}),
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, engine, str(detector), str(inp), str(out), str(workers)],
-        capture_output=True, text=True, env=full_env, timeout=3600,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=3600,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{engine} case failed:\n{proc.stderr[-3000:]}")
@@ -151,8 +161,12 @@ def run_case(engine: str, detector: Path, inp: Path, out: Path, workers: int = 1
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100000, help="rows of the speed cases")
-    parser.add_argument("--mem-rows", type=int, default=10000,
-                        help="rows of the small memory case (the large one has 10x)")
+    parser.add_argument(
+        "--mem-rows",
+        type=int,
+        default=10000,
+        help="rows of the small memory case (the large one has 10x)",
+    )
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--work-dir", default=None, help="folder for the detector and inputs")
@@ -163,9 +177,11 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     detector = root / "detector" if (root / "detector").exists() else build_detector(root)
-    print(f"detector: {detector} ({(root / 'source.txt').read_text()}; teacher / student "
-          f"parameters {json.loads((root / 'params.json').read_text())}; "
-          f"{time.perf_counter() - t0:.0f} s)")
+    print(
+        f"detector: {detector} ({(root / 'source.txt').read_text()}; teacher / student "
+        f"parameters {json.loads((root / 'params.json').read_text())}; "
+        f"{time.perf_counter() - t0:.0f} s)"
+    )
     results: dict = {
         "rows": args.rows,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
@@ -176,25 +192,33 @@ def main() -> None:
     cases = [("local", "local", 1, None), ("local 1 thread", "local", 1, {"OMP_NUM_THREADS": "1"})]
     if not args.skip_ray:
         cases += [("ray 1 worker", "ray", 1, None), ("ray 2 workers", "ray", 2, None)]
-    print(f"{args.rows} rows of 28x28 float32 ({args.rows * 3136 / 2**20:.0f} MiB), batch 256, "
-          f"drift windows of 1000; load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"{args.rows} rows of 28x28 float32 ({args.rows * 3136 / 2**20:.0f} MiB), batch 256, "
+        f"drift windows of 1000; load average {os.getloadavg()[0]:.2f}"
+    )
     for name, engine, workers, env in cases:
         r = run_case(engine, detector, inp, root / "out.parquet", workers, env)
         r["rows_per_s"] = r["rows"] / r["seconds"]
         r["load"] = os.getloadavg()
         results["cases"][name] = r
         init = f", cluster start {r['init_s']:.1f} s (not counted)" if engine == "ray" else ""
-        print(f"  {name:16s} {r['seconds']:7.1f} s  {r['rows_per_s']:7.0f} rows/s  "
-              f"torch threads {r['threads']}{init}  load {r['load'][0]:.2f}")
+        print(
+            f"  {name:16s} {r['seconds']:7.1f} s  {r['rows_per_s']:7.0f} rows/s  "
+            f"torch threads {r['threads']}{init}  load {r['load'][0]:.2f}"
+        )
     c = results["cases"]
     if "ray 1 worker" in c:
         results["ray_overhead_at_1_worker"] = (
             c["ray 1 worker"]["seconds"] / c["local 1 thread"]["seconds"] - 1
         )
-        results["ray_2_over_1_worker"] = c["ray 1 worker"]["seconds"] / c["ray 2 workers"]["seconds"]
-        print(f"  ray overhead at one worker (vs local, 1 thread): "
-              f"{results['ray_overhead_at_1_worker']:+.0%}; 2 workers vs 1: "
-              f"{results['ray_2_over_1_worker']:.2f}x")
+        results["ray_2_over_1_worker"] = (
+            c["ray 1 worker"]["seconds"] / c["ray 2 workers"]["seconds"]
+        )
+        print(
+            f"  ray overhead at one worker (vs local, 1 thread): "
+            f"{results['ray_overhead_at_1_worker']:+.0%}; 2 workers vs 1: "
+            f"{results['ray_2_over_1_worker']:.2f}x"
+        )
 
     if not args.skip_memory:
         small, large = args.mem_rows, 10 * args.mem_rows
@@ -202,13 +226,17 @@ def main() -> None:
         for n in (small, large):
             r = run_case("local", detector, write_input(root, n), root / "mem.parquet")
             mem[n] = r
-            print(f"  memory, local, {n:7d} rows: peak RSS {r['peak_rss'] / 2**20:7.1f} MiB "
-                  f"({r['rows'] / r['seconds']:.0f} rows/s, load {os.getloadavg()[0]:.2f})")
+            print(
+                f"  memory, local, {n:7d} rows: peak RSS {r['peak_rss'] / 2**20:7.1f} MiB "
+                f"({r['rows'] / r['seconds']:.0f} rows/s, load {os.getloadavg()[0]:.2f})"
+            )
         ratio = mem[large]["peak_rss"] / mem[small]["peak_rss"]
         results["memory"] = {str(k): v for k, v in mem.items()}
         results["memory_ratio_10x"] = ratio
-        print(f"  peak RSS at 10x the rows: {ratio:.3f}x ({'within' if ratio <= 1.10 else 'ABOVE'}"
-              " the 10 % target)")
+        print(
+            f"  peak RSS at 10x the rows: {ratio:.3f}x ({'within' if ratio <= 1.10 else 'ABOVE'}"
+            " the 10 % target)"
+        )
     results["load_after"] = os.getloadavg()
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
