@@ -130,7 +130,9 @@ class AtomicParquetWriter:
             raise InputError(f"{self.path} exists; pass overwrite=True to replace it")
         self.schema = schema
         self.row_group_rows = int(row_group_rows)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        self.tmp = self.path.with_name(
+            f".{self.path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        )
         self._pa = pa
         # Fixed-width columns are copied into buffers allocated once: holding on to the small
         # arrays of every batch until a row group is full would fragment the heap (and grow
