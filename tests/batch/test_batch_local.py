@@ -282,3 +282,9 @@ def test_black_box_teacher_by_import_path(tmp_path, detectors, X_digits):
             tmp_path / "t.parquet",
             model="dd_batch_models:NOT_CALLABLE",
         )
+
+
+def test_output_inside_the_input_folder_is_refused(tmp_path, detectors, X_digits):
+    np.save(tmp_path / "part-0.npy", X_digits[:10])
+    with pytest.raises(InputError, match="inside the input folder"):
+        score_files(detectors["md"], tmp_path, tmp_path / "s.parquet")

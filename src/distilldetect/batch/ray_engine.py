@@ -22,6 +22,7 @@ the driver's own loaded copy of the drift detector.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -30,6 +31,7 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -215,6 +217,13 @@ class Scorer:
 
         n = table.num_rows
         row_ids = table.column(_ID).combine_chunks()
+        if n == 0:
+            columns = {_ID: row_ids}
+            if self.id_column is not None:
+                columns[self.id_column] = table.column(self.id_column)
+            columns["instance_score"] = pa.array([], type=pa.float64())
+            columns["is_adversarial"] = pa.array([], type=pa.bool_())
+            return pa.table(columns)
         x = table.column(_X).combine_chunks().flatten().to_numpy(zero_copy_only=False)
         x = x.reshape((n, *self.shape))
         probs = None
@@ -232,6 +241,33 @@ class Scorer:
 
 
 # ---------------------------------------------------------------------------------- run
+@contextlib.contextmanager
+def _quiet(verbose: bool) -> Iterator[None]:
+    """Without ``verbose``: Ray Data's console log lines and the core's error-level chatter off."""
+    if verbose:
+        yield
+        return
+    handlers = [
+        h
+        for h in logging.getLogger("ray.data").handlers
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
+    levels = [h.level for h in handlers]
+    saved_env = os.environ.get("RAY_BACKEND_LOG_LEVEL")
+    os.environ["RAY_BACKEND_LOG_LEVEL"] = "fatal"  # read when the driver's core worker starts
+    for h in handlers:
+        h.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for h, level in zip(handlers, levels, strict=True):
+            h.setLevel(level)
+        if saved_env is None:
+            os.environ.pop("RAY_BACKEND_LOG_LEVEL", None)
+        else:
+            os.environ["RAY_BACKEND_LOG_LEVEL"] = saved_env
+
+
 def _connect(plan: Plan) -> bool:
     """Initialise Ray for this call; True if this call must shut it down again."""
     if ray.is_initialized():
@@ -291,6 +327,11 @@ def _error_in_chain(err: BaseException) -> InputError | None:
 
 def run_ray(plan: Plan) -> ResultSink:
     """Score ``plan`` on Ray Data; the driver writes the ordered output."""
+    with _quiet(plan.verbose):
+        return _run_ray(plan)
+
+
+def _run_ray(plan: Plan) -> ResultSink:
     spec = plan.spec
     started = _connect(plan)
     staging = Path(tempfile.mkdtemp(prefix=f".{plan.output.name}.ray-", dir=plan.output.parent))

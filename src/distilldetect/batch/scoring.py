@@ -235,6 +235,11 @@ def prepare(
         input, instances_column=instances_column, id_column=id_column, teacher_probs=teacher_probs
     )
     out_path, drift_path = output_paths(output, drift_window is not None)
+    if Path(spec.path).is_dir() and out_path.parent.resolve() == Path(spec.path).resolve():
+        raise InputError(
+            f"output {out_path} is inside the input folder {spec.path}, where it would be read "
+            "as a shard by the next run; write it elsewhere"
+        )
     check_output(out_path, overwrite, spec.files)
     if drift_path is not None:
         check_output(drift_path, overwrite, spec.files, what="drift output")
