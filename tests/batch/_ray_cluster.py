@@ -8,6 +8,7 @@ stops every cluster of the user), with bounded waits.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -115,4 +116,6 @@ class RayCluster:
             except ProcessLookupError:
                 pass
         self.log.close()
+        if not _pids_using(self.temp_dir):
+            shutil.rmtree(self.temp_dir, ignore_errors=True)  # session logs and sockets
         return left
