@@ -4,6 +4,7 @@
     distilldetect corruptions [--subset all]
     distilldetect fetch fashion_mnist|cifar10|cifar10c [--data-dir DIR] [--corruption NAME ...]
     distilldetect serve DETECTOR_DIR [--host 127.0.0.1] [--port 8000] [--token-file FILE] ...
+    distilldetect score DETECTOR_DIR INPUT OUTPUT [--engine local|ray] [--drift-window N] ...
     distilldetect --version
 
 Errors in arguments or data are reported as one line on stderr with exit status 2, before any
@@ -132,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--corruptions", type=_str_list, default="all", help="for cifar10c")
 
     serve_command.add_parser(sub)
+    from .batch import command as batch_command
+
+    batch_command.add_parser(sub)
     return parser
 
 
@@ -242,9 +246,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _corruptions(args)
         if args.command == "serve":
             return serve_command.run(args)
+        if args.command == "score":
+            from .batch import command as batch_command
+
+            return batch_command.run(args)
         return _fetch(args)
     except (ValueError, TypeError, OSError) as err:
-        if args.command == "experiment":
+        if args.command in ("experiment", "score"):
             raise  # after the preflight: a real failure, keep its traceback
         return _error(err)
     except KeyboardInterrupt:
