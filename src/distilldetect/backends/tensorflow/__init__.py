@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from .io import load_model, save_model
+from .io import load_h5, load_model, save_model
 from .models import build as build_model
 from .runtime import (
     Trainer,
@@ -32,6 +32,7 @@ __all__ = [
     "distillation_loss",
     "inference",
     "is_model",
+    "load_h5",
     "load_model",
     "manual_seed",
     "model_dtype",
