@@ -3,7 +3,8 @@
 * :mod:`.runtime` — batched inference to numpy (``training=False``, traced once per shape), the
   student's training step, the loss in TensorFlow, supervised training of a teacher;
 * :mod:`.models` — the model zoo in Keras, twins of the torch zoo;
-* :mod:`.io` — ``.keras`` files loaded with ``safe_mode=True``, never pickle.
+* :mod:`.io` — ``.keras`` files loaded with ``safe_mode=True``, legacy ``.h5`` files checked for
+  code before Keras reads them (:func:`load_h5`), never pickle.
 """
 
 from __future__ import annotations

@@ -18,6 +18,13 @@ Loading
   zoo models (:mod:`.models`) use built-in layers only, so they load anywhere. A model
   that safe mode refuses must be passed as ``model=`` / ``distilled_model=``.
 
+Legacy ``.h5`` models (Keras 2 / ``tf_keras``, as alibi-detect saves them): :func:`load_h5`
+checks the file before Keras reads it — the architecture may hold built-in Keras layers only
+(``Lambda`` and other code-carrying layers, custom classes, file paths are refused, naming the
+layer), every weight must be a plain numeric dataset stored in the file (no external, virtual or
+linked data) — then rebuilds it with ``keras.saving.load_model(..., safe_mode=True,
+compile=False)``, or reads only the weights into a model the caller built.
+
 The bytes are verified against the SHA-256 recorded by :mod:`distilldetect.saving` just before
 parsing, and parsed from a private temporary copy, so the file cannot change in between. Keras
 releases before 3.14 had ``safe_mode`` bypasses (CVE-2025-1550, CVE-2025-9906, CVE-2026-1462...):
