@@ -681,6 +681,10 @@ def test_fetch_detector_options(tf, tmp_path, server, monkeypatch, inputs, expec
         fetch_detector(tmp_path / "mine", "adversarial", "digits", "model_distillation",
                        model="tiny_cnn", cache_dir=tmp_path / "cache", verbose=False)  # fmt: skip
     assert (tmp_path / "mine" / "meta.pickle").read_bytes() == b"my own file"
+    save_detector(KSDrift(np.zeros((5, 2))), tmp_path / "ours")
+    with pytest.raises(ValueError, match="holds a detector saved by distilldetect"):
+        fetch_detector(tmp_path / "ours", "adversarial", "digits", "model_distillation",
+                       model="tiny_cnn", cache_dir=tmp_path / "cache", verbose=False)  # fmt: skip
 
 
 def test_fetch_detector_argument_errors(tmp_path):

@@ -434,6 +434,11 @@ def fetch_detector(
     target = Path(os.fspath(filepath))
     if target.exists() and not target.is_dir():
         raise ValueError(f"filepath {target} exists and is not a folder")
+    if os.path.lexists(target / "config.json"):
+        raise ValueError(
+            f"filepath {target} holds a detector saved by distilldetect (config.json); fetch into "
+            "another folder"
+        )
     for rel, (path, checksum) in fetched.items():
         _copy_into(path, target / rel, checksum)
     return load_detector(target)
