@@ -601,12 +601,12 @@ def test_planted_pickle_reference_never_runs(tmp_path):
     assert not marker.exists()
 
 
-def test_alibi_detect_pickle_folder_is_refused(tmp_path, fitted):
+def test_hostile_alibi_detect_pickle_folder_is_refused(tmp_path, fitted):
     marker = tmp_path / "pwned"
     folder = tmp_path / "alibi"
     folder.mkdir()
     (folder / "meta.dill").write_bytes(planted_pickle(tmp_path, marker))
-    with pytest.raises(DetectorFormatError, match="never loads pickles"):
+    with pytest.raises(DetectorFormatError, match="refusing to load this pickle"):
         load_detector(folder)
     assert not marker.exists()
     with pytest.raises(ValueError, match=r"not part of a saved detector: meta\.dill"):

@@ -36,7 +36,7 @@ from .. import files
 from .._version import __version__
 from ..base import describe
 from ..files import DetectorFormatError
-from . import codec, folder
+from . import alibi, codec, folder
 from .folder import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -226,7 +226,11 @@ def load_detector(filepath: str | os.PathLike, **kwargs: Any) -> Any:
     against its own checksum, every file is checked against its recorded size and SHA-256 before
     being parsed, weights and arrays are read as safetensors, only this library's own model
     builders are called, and the detector is built through its constructor. Folders written by
-    distilldetect 0.1 (format 1) load too.
+    distilldetect 0.1 (format 1) load too, and so do folders written by alibi-detect's
+    ``save_detector`` (a ModelDistillation's ``meta.dill`` + ``ModelDistillation.dill`` +
+    ``model/*.h5``, a KSDrift's ``config.toml`` + ``x_ref.npy``): their pickles are read by a
+    restricted reader that builds plain data only and runs nothing, their Keras ``.h5`` models
+    are checked for code before Keras reads them (see :mod:`distilldetect.saving.alibi`).
 
     Parameters
     ----------
@@ -239,6 +243,10 @@ def load_detector(filepath: str | os.PathLike, **kwargs: Any) -> Any:
         for a saved zoo model, the weights are loaded into it instead of a rebuilt model.
     distilled_model
         (keyword) The student, likewise: required for a student outside the model zoo.
+    preprocess_fn
+        (keyword) Only for a KSDrift saved by alibi-detect whose ``preprocess_fn`` it pickled
+        (a function is code, which is never loaded): the function to use instead, e.g.
+        ``ad.score``; the keyword arguments alibi-detect saved with it are bound to it.
     enable_unsafe_loading
         (keyword) Accepted for compatibility with alibi-detect; ``True`` is refused.
 
@@ -267,7 +275,7 @@ def load_detector(filepath: str | os.PathLike, **kwargs: Any) -> Any:
     >>> ad = load_detector("detectors/fashion")  # doctest: +SKIP
     >>> ad = load_detector("detectors/blackbox", model=clf.predict_proba)  # doctest: +SKIP
     """
-    allowed = {"model", "distilled_model", "enable_unsafe_loading"}
+    allowed = {"model", "distilled_model", "enable_unsafe_loading", "preprocess_fn"}
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise TypeError(
@@ -282,15 +290,23 @@ def load_detector(filepath: str | os.PathLike, **kwargs: Any) -> Any:
         raise TypeError(f"filepath must be a str or path, got {describe(filepath)}")
     given = {k: v for k, v in kwargs.items() if v is not None}
     directory = Path(os.fspath(filepath))
-    _check_directory(directory)
-    config, _ = folder.read_config(directory)
-    if config["format_version"] == 1:
-        detector, used = _load_v1(directory, config, given)
+    if not os.path.lexists(directory / CONFIG_FILE) and alibi.is_alibi_folder(directory):
+        detector, used = alibi.load_alibi_detector(directory, given)
     else:
-        detector, used = files.read_folder(
-            directory, lambda data_dir, manifest: _load_v2(directory, data_dir, manifest, given),
-            manifest=CONFIG_FILE, limit=folder.MAX_CONFIG_BYTES,
-        )  # fmt: skip
+        if "preprocess_fn" in given:
+            raise ValueError(
+                "preprocess_fn= is only taken for a KSDrift saved by alibi-detect (whose pickled "
+                f"preprocess_fn is never loaded); {filepath} is not one"
+            )
+        _check_directory(directory)
+        config, _ = folder.read_config(directory)
+        if config["format_version"] == 1:
+            detector, used = _load_v1(directory, config, given)
+        else:
+            detector, used = files.read_folder(
+                directory, lambda data_dir, manifest: _load_v2(directory, data_dir, manifest, given),
+                manifest=CONFIG_FILE, limit=folder.MAX_CONFIG_BYTES,
+            )  # fmt: skip
     unused = sorted(set(given) - used)
     if unused:
         raise ValueError(
@@ -335,11 +351,7 @@ def _check_directory(directory: Path) -> None:
     if not directory.is_dir():
         raise DetectorFormatError(f"{directory} is not a folder written by save_detector")
     if not (directory / CONFIG_FILE).exists():
-        legacy = [n for n in ("meta.dill", "meta.pickle") if (directory / n).exists()]
-        if legacy:
-            raise DetectorFormatError(
-                f"{directory} holds an alibi-detect detector saved as pickles ({legacy[0]}); "
-                "distilldetect never loads pickles, which can run arbitrary code. Rebuild the "
-                "detector and save it with distilldetect.save_detector"
-            )
-        raise DetectorFormatError(f"{directory / CONFIG_FILE} is missing: not a saved detector")
+        raise DetectorFormatError(
+            f"{directory / CONFIG_FILE} is missing: not a folder written by save_detector (nor "
+            "by alibi-detect's: no meta.dill, meta.pickle or config.toml)"
+        )

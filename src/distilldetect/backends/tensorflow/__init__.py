@@ -3,12 +3,13 @@
 * :mod:`.runtime` — batched inference to numpy (``training=False``, traced once per shape), the
   student's training step, the loss in TensorFlow, supervised training of a teacher;
 * :mod:`.models` — the model zoo in Keras, twins of the torch zoo;
-* :mod:`.io` — ``.keras`` files loaded with ``safe_mode=True``, never pickle.
+* :mod:`.io` — ``.keras`` files loaded with ``safe_mode=True``, legacy ``.h5`` files checked for
+  code before Keras reads them (:func:`load_h5`), never pickle.
 """
 
 from __future__ import annotations
 
-from .io import load_keras_file, load_model, save_model
+from .io import load_h5, load_keras_file, load_model, save_model
 from .models import build as build_model
 from .runtime import (
     Trainer,
@@ -33,6 +34,7 @@ __all__ = [
     "inference",
     "is_model",
     "load_keras_file",
+    "load_h5",
     "load_model",
     "manual_seed",
     "model_dtype",

@@ -18,6 +18,13 @@ Loading
   zoo models (:mod:`.models`) use built-in layers only, so they load anywhere. A model
   that safe mode refuses must be passed as ``model=`` / ``distilled_model=``.
 
+Legacy ``.h5`` models (Keras 2 / ``tf_keras``, as alibi-detect saves them): :func:`load_h5`
+checks the file before Keras reads it — the architecture may hold built-in Keras layers only
+(``Lambda`` and other code-carrying layers, custom classes, file paths are refused, naming the
+layer), every weight must be a plain numeric dataset stored in the file (no external, virtual or
+linked data) — then rebuilds it with ``keras.saving.load_model(..., safe_mode=True,
+compile=False)``, or reads only the weights into a model the caller built.
+
 The bytes are verified against the SHA-256 recorded by :mod:`distilldetect.saving` just before
 parsing, and parsed from a private temporary copy, so the file cannot change in between. Keras
 releases before 3.14 had ``safe_mode`` bypasses (CVE-2025-1550, CVE-2025-9906, CVE-2026-1462...):
@@ -42,7 +49,7 @@ from ... import files
 from ...base import describe
 from .runtime import is_model
 
-__all__ = ["FORMAT", "MIN_KERAS_VERSION", "save_model", "load_model"]
+__all__ = ["FORMAT", "MIN_KERAS_VERSION", "MAX_H5_BYTES", "save_model", "load_model", "load_h5"]
 
 logger = logging.getLogger(__name__)
 
@@ -383,6 +390,261 @@ def load_model(directory: Path, entry: dict[str, Any], model: Any = None) -> Any
         )
     if entry["builder_config"] is not None:
         loaded.builder_config = entry["builder_config"]
+    logger.debug("loaded %s from %s", name, path)
+    return loaded
+
+
+# =============================================================================== legacy .h5
+#: Largest ``.h5`` model file read.
+MAX_H5_BYTES: int = 2 * 2**30
+#: ``.h5`` attributes that hold the model's architecture (JSON).
+_H5_CONFIG_ATTR = "model_config"
+#: Keras layers whose saved config carries code or reaches outside the file: refused.
+_CODE_LAYERS: dict[str, str] = {
+    "Lambda": "a Lambda layer holds Python code (marshalled bytecode or a function name)",
+    "TFSMLayer": "a TFSMLayer loads a TensorFlow SavedModel (a graph of code) from a path",
+    "TorchModuleWrapper": "a TorchModuleWrapper holds a pickled torch module",
+    "JaxLayer": "a JaxLayer wraps a Python function",
+    "FlaxLayer": "a FlaxLayer wraps a Python module",
+    "Layer": "a bare Layer is a custom layer's base class",
+    "Wrapper": "a bare Wrapper is a custom layer's base class",
+}
+_MODEL_CLASSES = {"Sequential", "Functional", "Model"}
+#: Config keys whose value is code in some Keras layer (a marshalled function).
+_CODE_KEYS = {"function", "function_type", "output_shape_type", "module_name_fn"}
+
+
+def _builtin_layer_names() -> set[str]:
+    names = set()
+    for attr in dir(keras.layers):
+        obj = getattr(keras.layers, attr)
+        if isinstance(obj, type) and issubclass(obj, keras.layers.Layer):
+            names.add(attr)
+    return (names - set(_CODE_LAYERS)) | _MODEL_CLASSES
+
+
+def _h5_refusal(path: Path, what: str, keyword: str) -> ValueError:
+    return ValueError(
+        f"{path} cannot be loaded safely: {what}. Nothing from it was run. If you trust the "
+        f"model's code, build the same architecture yourself and pass it ({keyword}=model): only "
+        "the weights are then read from the file"
+    )
+
+
+def _check_h5_layers(config: Any, path: Path, keyword: str) -> None:
+    """Refuse an ``.h5`` model config holding code: Lambda and similar layers, custom classes,
+    marshalled functions, file paths (``vocabulary``)."""
+    allowed = _builtin_layer_names()
+    # (value, where, is_layer_position)
+    todo: list[tuple[Any, str, bool]] = [(config, "the model", True)]
+    visited = 0
+    while todo:
+        value, where, is_layer = todo.pop()
+        visited += 1
+        if visited > 1_000_000:
+            raise _h5_refusal(path, "its model config is too large to check", keyword)
+        if isinstance(value, list):
+            todo.extend((v, where, False) for v in value)
+            continue
+        if not isinstance(value, dict):
+            continue
+        cls = value.get("class_name")
+        cfg = value.get("config") if isinstance(value.get("config"), dict) else {}
+        name = cfg.get("name", value.get("name"))
+        label = f"layer {name!r} ({cls})" if name is not None else f"a {cls}"
+        if isinstance(cls, str) and cls in _CODE_LAYERS:
+            raise _h5_refusal(path, f"its {label} is refused: {_CODE_LAYERS[cls]}", keyword)
+        if is_layer:
+            if not isinstance(cls, str) or cls not in allowed:
+                raise _h5_refusal(
+                    path,
+                    f"its {label} is not a built-in Keras layer (a custom layer is code, which "
+                    "the file does not hold and safe loading never imports)",
+                    keyword,
+                )
+        module = value.get("module")
+        if module is not None and not (
+            isinstance(module, str) and module.split(".")[0] in ("keras", "tf_keras")
+        ):
+            raise _h5_refusal(path, f"its {label} comes from the module {module!r}", keyword)
+        for key, item in value.items():
+            if key in _CODE_KEYS and item is not None and not isinstance(item, (int, float, bool)):
+                raise _h5_refusal(path, f"its {label} holds code under {key!r}", keyword)
+            if key == "vocabulary" and isinstance(item, str):
+                raise _h5_refusal(
+                    path, f"its {label} reads a vocabulary from the file path {item!r}", keyword
+                )
+            child_is_layer = key in ("layer", "forward_layer", "backward_layer", "cell")
+            if key == "layers" and isinstance(item, list):
+                todo.extend((v, where, True) for v in item)
+            elif key == "cells" and isinstance(item, list):
+                todo.extend((v, where, True) for v in item)
+            else:
+                todo.append((item, where, child_is_layer and isinstance(item, dict)))
+
+
+def _check_h5_storage(h5: Any, path: Path) -> None:
+    """Every object must live inside the file: no external or soft links, no external or
+    virtual datasets, and weights must be plain numbers."""
+    import h5py
+
+    problems: list[str] = []
+
+    def visit(group: Any, prefix: str) -> None:
+        for key in group:
+            link = group.get(key, getlink=True)
+            name = f"{prefix}/{key}"
+            if not isinstance(link, h5py.HardLink):
+                problems.append(f"{name} is a {type(link).__name__} (it points outside the object)")
+                continue
+            obj = group[key]
+            if isinstance(obj, h5py.Group):
+                visit(obj, name)
+            elif isinstance(obj, h5py.Dataset):
+                if obj.external:
+                    problems.append(f"{name} keeps its data in an external file")
+                elif obj.is_virtual:
+                    problems.append(f"{name} is a virtual dataset (data from other files)")
+                elif obj.dtype.kind not in "biuf":
+                    problems.append(f"{name} has dtype {obj.dtype}, not plain numbers")
+            if len(problems) >= _MAX_DIFFERENCES:
+                return
+
+    if "model_weights" in h5:
+        visit(h5["model_weights"], "model_weights")
+    else:
+        visit(h5, "")
+    if problems:
+        raise files.DetectorFormatError(f"{path} is refused: " + "; ".join(problems))
+
+
+def _h5_config(h5: Any, path: Path) -> Any:
+    raw = h5.attrs.get(_H5_CONFIG_ATTR)
+    if raw is None:
+        raise files.DetectorFormatError(
+            f"{path} holds no model architecture ('{_H5_CONFIG_ATTR}'): it is a weights-only "
+            "file; build the model and pass it"
+        )
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", errors="replace")
+    try:
+        return json.loads(str(raw))
+    except ValueError as err:
+        raise files.DetectorFormatError(f"{path}: its model config is not JSON ({err})") from None
+
+
+def load_h5(
+    path: Path,
+    name: str = "model",
+    *,
+    checksum: dict[str, Any] | None = None,
+    model: Any = None,
+    keyword: str | None = None,
+) -> Any:
+    """Load a Keras model saved in the legacy HDF5 format (``model.save('m.h5')``), safely.
+
+    alibi-detect saves its models so (``model/model.h5``), with Keras 2 (``tf_keras``). Before
+    Keras reads anything, the file is checked here: the architecture (the JSON attribute
+    ``model_config``) may hold built-in Keras layers only — a ``Lambda`` layer (marshalled
+    Python code), ``TFSMLayer``, ``TorchModuleWrapper``, ``JaxLayer``/``FlaxLayer``, a custom
+    class or a vocabulary file path is refused, naming the layer — and every weight is a plain
+    numeric dataset stored inside the file (no external, virtual or linked data). Only then is
+    the model rebuilt by ``keras.saving.load_model(..., safe_mode=True, compile=False)``; the
+    optimizer state is never read.
+
+    Parameters
+    ----------
+    path
+        The ``.h5`` file.
+    name
+        What the model is (``'model'``, ``'distilled_model'``), for messages.
+    checksum
+        Optional ``{'sha256', 'bytes'}``: the bytes are refused unless they match (checked on
+        a private copy, which is what is parsed).
+    model
+        Optional built Keras model of the same architecture: only the weights are read from the
+        file (by layer order), into ``model``, all or none; the file's architecture is ignored,
+        so this also works for models whose architecture is refused.
+    keyword
+        The argument through which the caller accepts ``model`` (named in refusals).
+
+    Returns
+    -------
+    keras.Model
+        Not compiled.
+
+    Raises
+    ------
+    ValueError
+        If the architecture holds code (the message names the layer) or the weights do not fit
+        ``model``; :class:`~distilldetect.files.DetectorFormatError` (a ValueError) for a
+        file that is not an HDF5 model, is modified, or keeps data outside itself.
+
+    Examples
+    --------
+    >>> load_h5(Path("alibi/model/model.h5"))  # doctest: +SKIP
+    """
+    import h5py
+
+    path = Path(path)
+    keyword = keyword or f"{name}="
+    keyword = keyword.rstrip("=")
+    if model is not None and not is_model(model):
+        raise TypeError(
+            f"{keyword} must be a Keras model to receive the weights in {path}, got "
+            f"{describe(model)}"
+        )
+    if checksum is not None:
+        data = files.read_checked(path, checksum, "a Keras .h5 model")
+    else:
+        data = files.read_limited(path, MAX_H5_BYTES, "a Keras .h5 model")
+    if not data.startswith(b"\x89HDF\r\n\x1a\n"):
+        raise files.DetectorFormatError(f"{path} is not an HDF5 file (bad signature)")
+    _check_keras_version()
+    with tempfile.TemporaryDirectory(prefix="distilldetect-h5-") as tmp:
+        copy = Path(tmp) / "model.h5"
+        copy.write_bytes(data)
+        try:
+            h5 = h5py.File(copy, "r")
+        except OSError as err:
+            raise files.DetectorFormatError(
+                f"{path} is not a readable HDF5 file: {_short(err)}"
+            ) from None
+        with h5:
+            _check_h5_storage(h5, path)
+            if model is None:
+                _check_h5_layers(_h5_config(h5, path), path, keyword)
+        if model is not None:
+            if not model.built:
+                raise ValueError(
+                    f"{keyword}= is a Keras model that is not built yet; build it (call it once "
+                    f"on a batch) before loading the weights in {path}"
+                )
+            before = [v.numpy() for v in model.weights]
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    model.load_weights(copy)
+            except Exception as err:  # Keras raises ValueError, KeyError... on mismatches
+                for variable, value in zip(model.weights, before, strict=True):
+                    variable.assign(value)
+                raise ValueError(
+                    f"could not load the weights in {path} into the model given as {keyword}= "
+                    f"(its layers differ from the saved model's; its weights are unchanged): "
+                    f"{_short(err)}"
+                ) from err
+            return model
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                loaded = keras.saving.load_model(
+                    copy, custom_objects=dict(_TF_FUNCTION_ALIASES), safe_mode=True, compile=False
+                )
+        except Exception as err:  # unknown classes, malformed configs
+            raise ValueError(
+                f"{path} cannot be loaded in Keras' safe mode ({_short(err)}). Build the model "
+                f"and pass it as {keyword}= to load only its weights"
+            ) from err
     logger.debug("loaded %s from %s", name, path)
     return loaded
 
