@@ -26,7 +26,7 @@ from .base import (
     describe,
 )
 
-__all__ = ["MODEL_NAMES", "build_model", "train_classifier", "load_classifier"]
+__all__ = ["MODEL_NAMES", "build_model", "train_classifier", "load_classifier", "import_factory"]
 
 
 def build_model(name: str, framework: str = "pytorch", **kwargs: Any) -> Any:
@@ -193,18 +193,40 @@ def load_classifier(spec: str | os.PathLike, weights: str | os.PathLike | None =
     )
 
 
-def _from_factory(spec: str, weights: str | os.PathLike | None) -> Any:
+def import_factory(spec: Any, name: str = "spec") -> Any:
+    """The callable named by the import path ``'module:factory'`` (not called).
+
+    ``factory`` may be a dotted attribute path (``'module:Class.build'``). Used wherever a model
+    is named on a command line (``--teacher``, ``--model``, ``--distilled-model``) or must be
+    rebuilt by another process (Ray workers). ``name`` names the argument in errors.
+
+    Examples
+    --------
+    >>> import_factory("collections:OrderedDict", "--model")()
+    OrderedDict()
+    >>> import_factory("collections", "--model")
+    Traceback (most recent call last):
+    ...
+    ValueError: --model must be an import path 'module:factory', got 'collections'
+    """
+    if not isinstance(spec, str) or not _IMPORT_PATH.match(spec):
+        raise ValueError(f"{name} must be an import path 'module:factory', got {spec!r}")
     module_name, _, attr = spec.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(f"cannot import {module_name!r} for teacher {spec!r}: {err}") from err
+        raise ValueError(f"{name}: cannot import {module_name!r} for {spec!r}: {err}") from err
     for part in attr.split("."):
         if not hasattr(target, part):
-            raise ValueError(f"{module_name!r} has no attribute {attr!r} (teacher {spec!r})")
+            raise ValueError(f"{name}: {module_name!r} has no attribute {attr!r} ({spec!r})")
         target = getattr(target, part)
     if not callable(target):
-        raise TypeError(f"{spec} must be a factory function or class, got {describe(target)}")
+        raise ValueError(f"{name}: {spec} is not callable; expected a factory returning the model")
+    return target
+
+
+def _from_factory(spec: str, weights: str | os.PathLike | None) -> Any:
+    target = import_factory(spec, "teacher")
     model = target()
     framework = framework_of(model)
     if framework == "callable":

@@ -79,7 +79,7 @@ def _run(argv, capsys) -> tuple[int, str]:
     [
         (["--token-file", "/nonexistent/token"], "--token-file"),
         (["--model", "no_colon"], "module:factory"),
-        (["--model", "no_such_module_xyz:make"], "cannot import module"),
+        (["--model", "no_such_module_xyz:make"], "cannot import"),
         (["--distilled-model", "os:no_such_attr"], "no attribute"),
         (["--events", "/nonexistent/dir/e.jsonl"], "does not exist"),
         (["--reference", "/nonexistent/ref.npy"], "--reference"),

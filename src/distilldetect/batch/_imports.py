@@ -8,7 +8,6 @@ where ``factory()`` returns the model.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 __all__ = ["resolve_model", "is_import_path"]
@@ -37,20 +36,6 @@ def resolve_model(value: Any, name: str) -> Any:
     """
     if value is None or not isinstance(value, str):
         return value
-    module_name, sep, attr = value.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"{name} must be an import path 'module:factory', got {value!r}")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"{name}={value!r}: cannot import module {module_name!r}: {err}") from None
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ValueError(f"{name}={value!r}: {module_name} has no attribute {attr!r}") from None
-    if not callable(obj):
-        raise ValueError(
-            f"{name}={value!r} is not callable; expected a factory returning the model"
-        )
-    return obj()
+    from ..models import import_factory
+
+    return import_factory(value, name)()

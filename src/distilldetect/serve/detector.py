@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import logging
 import os
 import time
@@ -70,23 +69,9 @@ class LoadedDetector:
 
 def import_factory(spec: str, option: str) -> Callable[[], Any]:
     """The callable named by ``'module:attribute'`` (``option`` names the CLI flag in errors)."""
-    if not isinstance(spec, str) or spec.count(":") != 1:
-        raise ValueError(f"{option} must be 'module:factory', got {spec!r}")
-    module_name, attr = spec.split(":")
-    if not module_name or not attr:
-        raise ValueError(f"{option} must be 'module:factory', got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"{option}: cannot import module {module_name!r}: {err}") from err
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"{option}: module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ValueError(f"{option}: {spec} is not callable")
-    return obj
+    from ..models import import_factory as _import_factory
+
+    return _import_factory(spec, option)
 
 
 def _fingerprint(path: Path) -> str:
