@@ -102,14 +102,18 @@ _IO_MODULES = {
     "pytorch": "distilldetect.backends.pytorch_io",
     "tensorflow": "distilldetect.backends.tensorflow_io",
 }
-_DETECTORS = ("ModelDistillation", "KSDrift")
+_DETECTORS = ("ModelDistillation", "KSDrift", "TailRankDrift")
 _MAX_CONFIG_BYTES = 64 * 2**20
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 2**20
 
 _TOP_KEYS = {"format", "format_version", "library_version", "detector", "settings", "meta", "files"}
-_DETECTOR_KEYS = {"ModelDistillation": {"models"}, "KSDrift": {"x_ref", "preprocess_fn"}}
+_DETECTOR_KEYS = {
+    "ModelDistillation": {"models"},
+    "KSDrift": {"x_ref", "preprocess_fn"},
+    "TailRankDrift": {"x_ref", "preprocess_fn"},
+}
 _MD_SETTINGS = {
     "threshold",
     "loss_type",
@@ -394,8 +398,9 @@ def _commit(tmp: Path, target: Path) -> None:
 def _detector_name(detector: Any, name: str) -> str:
     from .ad.model_distillation import ModelDistillation
     from .cd.ks import KSDrift
+    from .cd.tail_rank import TailRankDrift
 
-    for cls in (ModelDistillation, KSDrift):
+    for cls in (ModelDistillation, KSDrift, TailRankDrift):
         if type(detector) is cls:
             return cls.__name__
         if isinstance(detector, cls):
@@ -404,13 +409,22 @@ def _detector_name(detector: Any, name: str) -> str:
                 f"{cls.__name__} itself can be saved (a subclass may compute other scores, and "
                 "its code cannot be saved without pickle)"
             )
-    raise TypeError(f"{name} must be a ModelDistillation or a KSDrift, got {describe(detector)}")
+    raise TypeError(
+        f"{name} must be a ModelDistillation, a KSDrift or a TailRankDrift, got {describe(detector)}"
+    )
 
 
 def _check_savable(detector: Any, name: str) -> None:
     """Everything that can be checked before a file is written."""
     kind = _detector_name(detector, name)
     _check_json(detector.meta, f"{name}.meta")
+    if kind == "TailRankDrift":
+        _check_json(detector.get_config(), f"{name}.get_config()")
+        _reference_array(detector.x_ref, f"{name}.x_ref")
+        preprocess = _preprocess_reference(detector.preprocess_fn, f"{name}.preprocess_fn")
+        if preprocess is not None:
+            _check_savable(preprocess[0], f"the ModelDistillation of {name}.preprocess_fn")
+        return
     known = _MD_ATTRIBUTES if kind == "ModelDistillation" else _KS_ATTRIBUTES
     unknown = sorted(set(vars(detector)) - known)
     if unknown:
@@ -504,18 +518,23 @@ def detector_parts(detector: Any) -> tuple[ModelDistillation, KSDrift | None]:
     """
     from .ad.model_distillation import ModelDistillation
     from .cd.ks import KSDrift
+    from .cd.tail_rank import TailRankDrift
 
     if isinstance(detector, ModelDistillation):
         return detector, None
-    if isinstance(detector, KSDrift):
+    if isinstance(detector, (KSDrift, TailRankDrift)):
         ref = _preprocess_reference(detector.preprocess_fn, "detector.preprocess_fn")
         if ref is None:
             raise ValueError(
-                "detector is a KSDrift without a ModelDistillation (preprocess_fn is None): "
+                f"detector is a {type(detector).__name__} without a ModelDistillation "
+                "(preprocess_fn is None): "
                 "there are no instance scores to compute"
             )
         return ref[0], detector
-    raise TypeError(f"detector must be a ModelDistillation or a KSDrift, got {describe(detector)}")
+    raise TypeError(
+        "detector must be a ModelDistillation, a KSDrift or a TailRankDrift, got "
+        f"{describe(detector)}"
+    )
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -530,6 +549,8 @@ def _write_detector(detector: Any, directory: Path) -> None:
     }
     if kind == "ModelDistillation":
         config.update(_write_model_distillation(detector, directory))
+    elif kind == "TailRankDrift":
+        config.update(_write_tail_rank(detector, directory))
     else:
         config.update(_write_ks_drift(detector, directory))
     config["meta"] = detector.meta
@@ -708,6 +729,8 @@ def _load_directory(
     files = _verify_files(directory, config["files"])
     if config["detector"] == "ModelDistillation":
         return _load_model_distillation(directory, config, files, given), set(given)
+    if config["detector"] == "TailRankDrift":
+        return _load_tail_rank(directory, config, files, given)
     return _load_ks_drift(directory, config, files, given)
 
 
@@ -1092,4 +1115,69 @@ def _load_ks_drift(
             f"{int(np.prod(x_ref.shape[1:]))} features per instance"
         )
     cd.meta = dict(meta)
+    return cd, used
+
+
+# --------------------------------------------------------------------------- TailRankDrift
+def _write_tail_rank(cd: Any, directory: Path) -> dict[str, Any]:
+    """The reference scores, the detector's own config (``get_config``) and its preprocess_fn."""
+    import safetensors.numpy
+
+    array = np.ascontiguousarray(_reference_array(cd.x_ref, "x_ref"))
+    file = "x_ref.safetensors"
+    write_bytes(directory / file, safetensors.numpy.save({"x_ref": array}))
+    preprocess = _preprocess_reference(cd.preprocess_fn, "preprocess_fn")
+    preprocess_entry = None
+    if preprocess is not None:
+        ad, call, keywords = preprocess
+        sub = directory / PREPROCESS_DIR
+        os.mkdir(sub)
+        _write_detector(ad, sub)
+        preprocess_entry = {
+            "type": "ModelDistillation.score",
+            "directory": PREPROCESS_DIR,
+            "call": call,
+            "keywords": keywords,
+        }
+    x_entry = {"file": file, "dtype": array.dtype.name, "shape": list(array.shape)}
+    return {"settings": cd.get_config(), "x_ref": x_entry, "preprocess_fn": preprocess_entry}
+
+
+def _load_tail_rank(
+    directory: Path, config: dict[str, Any], files: dict[str, Any], given: dict[str, Any]
+) -> tuple[Any, set[str]]:
+    """Rebuild a TailRankDrift through ``from_config`` (so its constructor's checks apply)."""
+    from .cd.tail_rank import TailRankDrift
+
+    path = directory / CONFIG_FILE
+    x_ref = _load_array(directory, config["x_ref"], files)
+    preprocess_fn: Callable | None = None
+    used: set[str] = set()
+    entry = config["preprocess_fn"]
+    if entry is not None:
+        _check_keys(entry, {"type", "directory", "call", "keywords"}, path, "'preprocess_fn'")
+        keywords = entry["keywords"]
+        if (
+            entry["type"] != "ModelDistillation.score"
+            or entry["directory"] != PREPROCESS_DIR
+            or entry["call"] not in ("method", "partial")
+            or not isinstance(keywords, dict)
+            or set(keywords) - _SCORE_KEYWORDS
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in keywords.values())
+        ):
+            raise DetectorFormatError(f"{path}: invalid 'preprocess_fn' entry")
+        if (PREPROCESS_DIR + "/" + CONFIG_FILE) not in files:
+            raise DetectorFormatError(
+                f"{path}: {PREPROCESS_DIR}/{CONFIG_FILE} is not listed in 'files'"
+            )
+        sub = _safe_path(directory, PREPROCESS_DIR + "/" + CONFIG_FILE, path).parent
+        ad, used = _load_directory(sub, given, expected="ModelDistillation")
+        preprocess_fn = (
+            functools.partial(ad.score, **keywords) if entry["call"] == "partial" else ad.score
+        )
+    try:
+        cd = TailRankDrift.from_config(config["settings"], x_ref, preprocess_fn)
+    except (TypeError, ValueError) as err:
+        raise DetectorFormatError(f"{path}: invalid TailRankDrift settings: {err}") from err
+    cd.meta = dict(config["meta"])
     return cd, used
