@@ -410,7 +410,8 @@ def _detector_name(detector: Any, name: str) -> str:
                 "its code cannot be saved without pickle)"
             )
     raise TypeError(
-        f"{name} must be a ModelDistillation, a KSDrift or a TailRankDrift, got {describe(detector)}"
+        f"{name} must be a ModelDistillation or a KSDrift (or a TailRankDrift), got "
+        f"{describe(detector)}"
     )
 
 
@@ -532,7 +533,7 @@ def detector_parts(detector: Any) -> tuple[ModelDistillation, KSDrift | None]:
             )
         return ref[0], detector
     raise TypeError(
-        "detector must be a ModelDistillation, a KSDrift or a TailRankDrift, got "
+        "detector must be a ModelDistillation or a KSDrift (or a TailRankDrift), got "
         f"{describe(detector)}"
     )
 
