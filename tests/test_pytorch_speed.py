@@ -1,4 +1,4 @@
-"""The optimised torch paths (backends/pytorch_fast.py) agree with the plain ones and are safe.
+"""The optimised torch paths (backends/torch/fast.py) agree with the plain ones and are safe.
 
 No timing here: the benchmark (benchmarks/) measures speed. These tests check that the fast
 paths give the plain forward's outputs (within 1e-5 on probabilities), the plain training

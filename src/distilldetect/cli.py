@@ -17,6 +17,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from tqdm.auto import tqdm
 
@@ -55,9 +56,17 @@ def _str_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (no usage block), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        text = message.splitlines()[0] if message else "invalid arguments"
+        self.exit(2, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``distilldetect`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="distilldetect",
         description="Adversarial-input and harmful-drift detection by model distillation.",
     )
@@ -103,6 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=None, help="instances per batch (default 100)"
     )
     exp.add_argument("--p-val", type=float, default=None, help="significance level (default 0.05)")
+    exp.add_argument(
+        "--drift-test",
+        default=None,
+        help="the study's harmful-drift test: tail_rank (default) or one_sided (KS)",
+    )
+    exp.add_argument(
+        "--n-draws", type=int, default=None, help="reference draws the drift part is repeated over"
+    )
+    exp.add_argument(
+        "--power-batch-sizes",
+        type=_int_list,
+        default=None,
+        help="batch sizes of the power table (default 10,20,50,100)",
+    )
     exp.add_argument(
         "--teacher", default=None, help="directory of a cached teacher or a saved detector"
     )
@@ -150,6 +173,9 @@ _EXPERIMENT_FIELDS = {
     "n_batches": "n_batches",
     "batch_size": "batch_size",
     "p_val": "p_val",
+    "drift_test": "drift_test",
+    "n_draws": "n_draws",
+    "power_batch_sizes": "power_batch_sizes",
     "teacher": "teacher_path",
     "teacher_epochs": "teacher_epochs",
     "student": "student",
@@ -231,7 +257,10 @@ def _error(err: BaseException) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``distilldetect`` command; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, or an argument error (one line, status 2)
+        return exit_.code if isinstance(exit_.code, int) else 2
     handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     pkg_logger = logging.getLogger("distilldetect")

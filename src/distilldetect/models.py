@@ -1,6 +1,6 @@
 """Model zoo, framework-neutral entry point: ``build_model(name, framework, **kwargs)``.
 
-The architectures themselves live in the backends (``backends/pytorch_models.py`` and, with the
+The architectures themselves live in the backends (``backends/torch/models.py`` and, with the
 tensorflow extra, ``backends/tensorflow_models.py``) so that this module imports no framework.
 """
 

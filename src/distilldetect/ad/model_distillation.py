@@ -36,6 +36,7 @@ from ..base import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..cd.ks import KSDrift
+    from ..cd.tail_rank import TailRankDrift
 
 __all__ = ["ModelDistillation", "DEFAULT_BATCH_SIZE"]
 
@@ -567,9 +568,11 @@ class ModelDistillation(BaseDetector):
         p_val: float = 0.05,
         alternative: str = "greater",
         batch_size: int = DEFAULT_BATCH_SIZE,
+        *,
+        test: str = "ks",
         **kwargs: Any,
-    ) -> KSDrift:
-        """A Kolmogorov-Smirnov drift detector on this detector's scores: harmful drift.
+    ) -> KSDrift | TailRankDrift:
+        """A drift detector on this detector's scores: harmful drift.
 
         Harm shows as *larger* scores, so the default ``alternative='greater'`` tests only for
         test scores that are stochastically larger than the reference scores of ``x_ref``
@@ -584,24 +587,45 @@ class ModelDistillation(BaseDetector):
         p_val
             Significance level of the test.
         alternative
-            ``'greater'`` (default, harmful drift only), ``'two-sided'`` or ``'less'``.
+            ``'greater'`` (default, harmful drift only), ``'two-sided'`` or ``'less'``
+            (``test='ks'`` only; the tail-rank test is one-sided, ``'greater'``).
         batch_size
             Batch size of the scoring.
+        test
+            (keyword) ``'ks'`` (default): :class:`~distilldetect.cd.KSDrift`, the
+            Kolmogorov-Smirnov test of alibi-detect. ``'tail_rank'``:
+            :class:`~distilldetect.cd.TailRankDrift`, a one-sided tail-weighted rank test that
+            detects a small harmful fraction of a batch more often and is as quiet on harmless
+            drift (the harmful-drift study's default; README, "The study").
         **kwargs
-            Further :class:`~distilldetect.cd.KSDrift` arguments (``update_x_ref``...).
+            Further arguments of the detector class (``update_x_ref`` for KSDrift, ``power``
+            or ``seed`` for TailRankDrift...).
 
         Examples
         --------
         >>> cd = ad.drift_detector(X_clean, p_val=0.05)  # doctest: +SKIP
         >>> cd.predict(X_batch)["data"]["is_drift"]  # doctest: +SKIP
+        >>> cd = ad.drift_detector(X_clean, test="tail_rank")  # doctest: +SKIP
         """
+        batch_size = check_batch_size(batch_size)
+        preprocess_fn = functools.partial(self.score, batch_size=batch_size)
+        if test == "tail_rank":
+            from ..cd.tail_rank import TailRankDrift
+
+            if alternative != "greater":
+                raise ValueError(
+                    "test='tail_rank' is one-sided (larger scores: alternative='greater'), "
+                    f"got alternative={alternative!r}; use test='ks' for other alternatives"
+                )
+            return TailRankDrift(x_ref, p_val=p_val, preprocess_fn=preprocess_fn, **kwargs)
+        if test != "ks":
+            raise ValueError(f"test must be 'ks' or 'tail_rank', got {test!r}")
         from ..cd.ks import KSDrift
 
-        batch_size = check_batch_size(batch_size)
         return KSDrift(
             x_ref,
             p_val=p_val,
-            preprocess_fn=functools.partial(self.score, batch_size=batch_size),
+            preprocess_fn=preprocess_fn,
             alternative=alternative,
             **kwargs,
         )

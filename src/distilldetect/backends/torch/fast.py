@@ -1,7 +1,7 @@
 """Faster CPU forward passes and training steps for torch models whose code is known.
 
 Two measured optimisations, both exact up to float rounding, used by
-:mod:`distilldetect.backends.pytorch` only where they are safe:
+:mod:`distilldetect.backends.torch.runtime` only where they are safe:
 
 * **A frozen, batch-norm-folded copy of a teacher.** In eval mode ``BatchNorm(conv(x))`` is an
   affine map of ``conv(x)``; folding it into the convolution's weights and bias removes the

@@ -1,0 +1,345 @@
+"""Settings and results of the harmful-drift study: :class:`StudyConfig`, :class:`StudyResults`.
+
+No framework, no data: this module only describes a study, so that the stages
+(:mod:`~distilldetect.experiments.stages`), the report
+(:mod:`~distilldetect.experiments.report`) and the orchestrator
+(:mod:`~distilldetect.experiments.harmful_drift`) can all import it without importing each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+
+__all__ = [
+    "DATASETS",
+    "DETECTORS",
+    "DETECTOR_LABELS",
+    "DRIFT_TESTS",
+    "FRACTIONS",
+    "POWER_CELLS",
+    "STUDENTS",
+    "TEACHERS",
+    "StudyConfig",
+    "StudyResults",
+    "quick_config",
+]
+
+DATASETS: tuple[str, ...] = ("fashion_mnist", "cifar10")
+FRACTIONS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(10))
+#: The drift tests run on every batch (the same batches for all: paired comparisons).
+DETECTORS: tuple[str, ...] = (
+    "two_sided",
+    "one_sided",
+    "tail_rank",
+    "entropy",
+    "entropy_tail_rank",
+    "bbsd",
+)
+DETECTOR_LABELS: dict[str, str] = {
+    "two_sided": "distillation score, KS two-sided",
+    "one_sided": "distillation score, KS one-sided (greater)",
+    "tail_rank": "distillation score, tail-weighted rank test (TailRankDrift)",
+    "entropy": "teacher entropy, KS one-sided (baseline)",
+    "entropy_tail_rank": "teacher entropy, tail-weighted rank test (baseline)",
+    "bbsd": "BBSD: KS on teacher softmax, Bonferroni (baseline)",
+}
+#: Tests on the distillation score that can be the study's harmful-drift test.
+DRIFT_TESTS: tuple[str, ...] = ("tail_rank", "one_sided")
+#: Batches of the power-by-batch-size table: (name, kind of contamination, fraction).
+POWER_CELLS: tuple[tuple[str, str, float], ...] = (
+    ("harmful_100", "harmful", 1.0),
+    ("harmful_50", "harmful", 0.5),
+    ("harmless_100", "harmless", 1.0),
+)
+_MAX_SEED = 2**32 - 1
+
+# Teacher and student architectures per dataset (zoo builder name, keyword arguments).
+TEACHERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "fashion_mnist": (
+        "cnn_classifier",
+        {"input_shape": [28, 28], "filters": [32, 64], "dense": [128]},
+    ),
+    "cifar10": ("resnet", {"input_shape": [32, 32, 3], "num_blocks": 3}),
+}
+STUDENTS: dict[str, tuple[str, dict[str, Any]]] = {
+    # chosen on the validation split (scripts/tune_drift.py): a CNN student with the
+    # teacher's convolutions and half its dense layer (220 k parameters; the teacher has 420 k)
+    "fashion_mnist": (
+        "cnn_classifier",
+        {"input_shape": [28, 28], "filters": [32, 64], "dense": [64]},
+    ),
+    "cifar10": ("distilled_model_cifar10", {"input_shape": [32, 32, 3]}),
+}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+@dataclass
+class StudyConfig:
+    """Settings of the harmful-drift study. Validated by :meth:`validate` before any work.
+
+    Examples
+    --------
+    >>> StudyConfig(dataset="fashion_mnist", corruptions=["gaussian_noise"]).validate().dataset
+    'fashion_mnist'
+    """
+
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    corruptions: Sequence[str] | str = "all"
+    severities: Sequence[int] = (1, 2, 3, 4, 5)
+    n_eval: int = 1000  # evaluation images corrupted per corruption type (the same per severity)
+    n_train: int | None = None  # subsample the training set (None: all of it)
+    eval_split: str = "test"  # or 'validation': hold out part of the training set instead
+    n_validation: int = 10000
+    teacher_path: str | None = None
+    teacher_epochs: int = 5
+    teacher_lr: float = 1e-3
+    student: str | None = None  # zoo builder name; None: the dataset's default
+    student_kwargs: dict[str, Any] | None = None
+    student_epochs: int = 10
+    student_lr: float = 1e-3
+    # Defaults tuned on a validation split of the training data (scripts/tune.py,
+    # scripts/tune_drift.py; README "What moves the results"): cross-entropy, T=0.5, an
+    # AugMix-trained student, and the tail-weighted rank test.
+    augment: str | None = "augmix"  # robust distillation: the student sees augmented inputs
+    augment_level: float = 0.5
+    batch_size_fit: int = 128
+    temperature: float = 0.5
+    loss_type: str = "xent"
+    drift_test: str = "tail_rank"  # the study's harmful-drift test (one of DRIFT_TESTS)
+    tail_power: float = 8.0  # TailRankDrift's weight exponent
+    n_ref: int = 1000
+    n_batches: int = 100  # batches per contamination level and reference draw
+    n_draws: int = 5  # reference draws: the drift part is repeated for each
+    batch_size: int = 100
+    fractions: Sequence[float] = FRACTIONS
+    power_batch_sizes: Sequence[int] = (10, 20, 50, 100)
+    p_val: float = 0.05
+    seed: int = 0
+    out: str | None = None
+    cache_dir: str | None = None
+    verbose: bool = True
+    quick: bool = False
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> StudyConfig:
+        """Check every setting; raise ValueError/TypeError with a one-line message."""
+        from ..corruptions import get_corruption_names
+
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {list(DATASETS)}, got {self.dataset!r}")
+        names = get_corruption_names("all")
+        if isinstance(self.corruptions, str):
+            if self.corruptions != "all" and self.corruptions not in names:
+                raise ValueError(
+                    f"unknown corruption {self.corruptions!r}; valid: 'all' or {names}"
+                )
+        else:
+            unknown = [c for c in self.corruptions if c not in names]
+            if unknown or not self.corruptions:
+                raise ValueError(f"unknown corruption(s) {unknown or '[]'}; valid: {names}")
+        sev = list(self.severities)
+        if not sev or any(not _is_int(s) or not 1 <= s <= 5 for s in sev):
+            raise ValueError(f"severities must be integers in 1-5, got {sev}")
+        fr = list(self.fractions)
+        if not fr or any(not _is_number(f) or not 0 <= f < 1 for f in fr):
+            raise ValueError(f"fractions must be numbers in [0, 1), got {fr}")
+        for name in (
+            "n_eval",
+            "n_ref",
+            "n_batches",
+            "n_draws",
+            "batch_size",
+            "teacher_epochs",
+            "student_epochs",
+            "batch_size_fit",
+            "n_validation",
+        ):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        sizes = list(self.power_batch_sizes)
+        if any(not _is_int(n) or n < 2 for n in sizes):
+            raise ValueError(f"power_batch_sizes must be integers >= 2, got {sizes}")
+        if self.n_train is not None and (not _is_int(self.n_train) or self.n_train < 100):
+            raise ValueError(f"n_train must be None or an integer >= 100, got {self.n_train!r}")
+        if self.eval_split not in ("test", "validation"):
+            raise ValueError(f"eval_split must be 'test' or 'validation', got {self.eval_split!r}")
+        if not _is_int(self.seed) or not 0 <= self.seed <= _MAX_SEED:
+            raise ValueError(f"seed must be an integer in [0, 2**32 - 1], got {self.seed!r}")
+        for name, check, what in (
+            ("p_val", lambda v: 0 < v < 1, "in (0, 1)"),
+            ("temperature", lambda v: v > 0, "> 0"),
+            ("augment_level", lambda v: 0 < v <= 1, "in (0, 1]"),
+            ("teacher_lr", lambda v: v > 0, "> 0"),
+            ("student_lr", lambda v: v > 0, "> 0"),
+        ):
+            value = getattr(self, name)
+            if not (_is_number(value) and math.isfinite(value) and check(value)):
+                raise ValueError(f"{name} must be a finite number {what}, got {value!r}")
+        if self.augment not in (None, "augmix"):
+            raise ValueError(f"augment must be None or 'augmix', got {self.augment!r}")
+        if self.loss_type not in ("kld", "xent"):
+            raise ValueError(f"loss_type must be 'kld' or 'xent', got {self.loss_type!r}")
+        if self.drift_test not in DRIFT_TESTS:
+            raise ValueError(
+                f"drift_test must be one of {list(DRIFT_TESTS)}, got {self.drift_test!r}"
+            )
+        power = self.tail_power
+        if not (_is_number(power) and math.isfinite(power) and 1 <= power <= 100):
+            raise ValueError(f"tail_power must be a number in [1, 100], got {power!r}")
+        if self.student is not None:
+            from ..models import MODEL_NAMES
+
+            if self.student not in MODEL_NAMES:
+                raise ValueError(
+                    f"student must be one of {list(MODEL_NAMES)}, got {self.student!r}"
+                )
+        if self.teacher_path is not None and not Path(self.teacher_path).is_dir():
+            raise ValueError(f"teacher_path {self.teacher_path!r} is not a directory")
+        if self.data_dir is not None and not Path(self.data_dir).is_dir():
+            raise ValueError(f"data_dir {self.data_dir!r} is not a directory")
+        if self.cache_dir is not None and Path(self.cache_dir).exists():
+            if not Path(self.cache_dir).is_dir():
+                raise ValueError(
+                    f"cache_dir {self.cache_dir!r} exists and is not a directory "
+                    "(teachers are cached in a folder)"
+                )
+        return self
+
+    def corruption_list(self) -> list[str]:
+        """The corruption names of the study (``'all'`` expanded)."""
+        from ..corruptions import get_corruption_names
+
+        if isinstance(self.corruptions, str):
+            return get_corruption_names("all") if self.corruptions == "all" else [self.corruptions]
+        return list(self.corruptions)
+
+    def student_spec(self) -> tuple[str, dict[str, Any]]:
+        """The student's zoo builder name and keyword arguments."""
+        name, kwargs = STUDENTS[self.dataset]
+        if self.student is not None and self.student != name:
+            name, kwargs = self.student, {"input_shape": TEACHERS[self.dataset][1]["input_shape"]}
+        return name, {**kwargs, **(self.student_kwargs or {})}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON data (``config`` of results.json)."""
+        d = dataclasses.asdict(self)
+        d["corruptions"] = self.corruption_list()
+        d["severities"] = list(self.severities)
+        d["fractions"] = [float(f) for f in self.fractions]
+        d["power_batch_sizes"] = [int(n) for n in self.power_batch_sizes]
+        name, kwargs = self.student_spec()
+        d["student"], d["student_kwargs"] = name, kwargs
+        d["teacher_arch"] = {"name": TEACHERS[self.dataset][0], "kwargs": TEACHERS[self.dataset][1]}
+        return d
+
+
+def quick_config(**overrides: Any) -> StudyConfig:
+    """A small configuration that runs end to end in about a minute (used by the tests).
+
+    Four corruption types, a 10 000-image training subsample, 2 teacher and 3 student epochs,
+    300 corrupted images per type, 20 batches per contamination level, 2 reference draws.
+    """
+    settings: dict[str, Any] = {
+        "corruptions": ["gaussian_noise", "motion_blur", "contrast", "pixelate"],
+        "n_train": 10000,
+        "teacher_epochs": 2,
+        "student_epochs": 3,
+        "n_eval": 300,
+        "n_ref": 500,
+        "n_batches": 20,
+        "n_draws": 2,
+        "quick": True,
+    }
+    settings.update(overrides)
+    return StudyConfig(**settings)
+
+
+@dataclass
+class StudyResults:
+    """Everything the study measured; ``to_dict()`` is the content of results.json."""
+
+    dataset: str
+    teacher_accuracy: float
+    student_agreement: float
+    config: dict[str, Any]
+    severities: dict[str, dict[str, Any]]
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    out: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The results as plain data (NaN stays NaN; :func:`jsonable` makes it JSON)."""
+        return {
+            "dataset": self.dataset,
+            "teacher_accuracy": self.teacher_accuracy,
+            "student_agreement": self.student_agreement,
+            "config": self.config,
+            "severities": self.severities,
+            "timings": self.timings,
+            "notes": self.notes,
+            "version": __version__,
+        }
+
+    def headline(self, severity: str) -> str:
+        """One line summarising a severity."""
+        s = self.severities[severity]
+        drift = s["drift"]
+        fr = drift["contamination"]
+        i10, i20, i90 = _nearest(fr, 0.1), _nearest(fr, 0.2), _nearest(fr, 0.9)
+        test = self.config.get("drift_test", "one_sided")
+
+        def pct(kind: str, det: str, i: int) -> str:
+            rate = drift[kind].get(det, {}).get("detection_rate", [None] * len(fr))[i]
+            return "n/a" if rate is None or rate != rate else f"{100 * rate:.0f}%"
+
+        a = {k: float("nan") if v is None else v for k, v in s["auroc"].items()}
+        tests = [test] + (["one_sided"] if test != "one_sided" else [])
+        flags = "; ".join(
+            f"{t} flags {pct('harmful', t, i10)} / {pct('harmful', t, i20)} of batches with "
+            f"{100 * fr[i10]:.0f} / {100 * fr[i20]:.0f}% harmful, {pct('harmless', t, i90)} with "
+            f"{100 * fr[i90]:.0f}% harmless"
+            for t in tests
+        )
+        return (
+            f"severity {severity}: teacher acc {s['accuracy']:.3f} | harmful {s['n_harmful']} "
+            f"harmless {s['n_harmless']} | AUROC distillation {a['distillation']:.3f} entropy "
+            f"{a['entropy']:.3f} max_prob {a['max_prob']:.3f} | {flags}"
+        )
+
+
+def _nearest(values: Sequence[float], target: float) -> int:
+    return int(np.argmin([abs(v - target) for v in values]))
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` as JSON data: NaN and infinities become None, numpy scalars Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    return obj
