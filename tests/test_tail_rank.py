@@ -189,7 +189,10 @@ def test_save_and_load_round_trip(fitted, tmp_path):
     }
     loaded = load_detector(tmp_path / "drift")
     assert type(loaded) is TailRankDrift
-    assert loaded.get_config() == cd.get_config()
+    settings = ("p_val", "power", "n_null", "seed", "x_ref_preprocessed", "data_type")
+    assert {k: loaded.get_config()[k] for k in settings} == {
+        k: cd.get_config()[k] for k in settings
+    }
     np.testing.assert_array_equal(loaded.x_ref, cd.x_ref)
     batch = X[300:400]
     assert loaded.predict(batch)["data"]["p_val"][0] == cd.predict(batch)["data"]["p_val"][0]
