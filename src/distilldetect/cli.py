@@ -143,23 +143,99 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--quick", action="store_true", help="small settings, about a minute")
     exp.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
 
-    cor = sub.add_parser("corruptions", help="list the corruption types")
+    from .corruptions import SUBSETS
+
+    cor = sub.add_parser(
+        "corruptions",
+        help="list the corruption types",
+        description="List the CIFAR-10-C corruption types that distilldetect.corruptions.corrupt "
+        "applies to any image batch.",
+    )
     cor.add_argument(
-        "--subset", default="all", help="all, common, validation, noise, blur, weather, digital"
+        "--subset", default="all", choices=sorted(SUBSETS), help="which corruption types"
     )
 
     fetch = sub.add_parser(
-        "fetch", help="download a data set into the cache (or check a local copy)"
+        "fetch",
+        help="download a data set into the cache (or check a local copy)",
+        description="Make a data set available offline: look in --data-dir, $DISTILLDETECT_DATA, "
+        "the Debian package and the cache; download (checked) only as a last resort.",
     )
-    fetch.add_argument("dataset", choices=["fashion_mnist", "cifar10", "cifar10c"])
-    fetch.add_argument("--data-dir", default=None)
-    fetch.add_argument("--corruptions", type=_str_list, default="all", help="for cifar10c")
+    fetch.add_argument(
+        "dataset", choices=["fashion_mnist", "cifar10", "cifar10c"], help="the data set"
+    )
+    fetch.add_argument(
+        "--data-dir", default=None, help="folder holding the data set's files (offline use)"
+    )
+    fetch.add_argument(
+        "--corruptions",
+        type=_str_list,
+        default=["all"],
+        help="cifar10c only: comma-separated corruption names, or all",
+    )
 
     serve_command.add_parser(sub)
     from .batch import command as batch_command
 
     batch_command.add_parser(sub)
+    _polish(parser)
     return parser
+
+
+#: Two examples per subcommand, shown at the end of its --help.
+EPILOGS: dict[str, str] = {
+    "experiment": """examples:
+  distilldetect experiment --quick --out results/quick        # about a minute
+  distilldetect experiment --split validation --temperature 1  # tune, never on the test set""",
+    "corruptions": """examples:
+  distilldetect corruptions
+  distilldetect corruptions --subset noise""",
+    "fetch": """examples:
+  distilldetect fetch fashion_mnist
+  distilldetect fetch cifar10c --corruptions fog,snow --data-dir /data/cifar10c""",
+    "serve": """examples:
+  distilldetect serve detectors/fashion-drift --port 8000
+  distilldetect serve detectors/fashion-drift --token-file token.txt --events events.jsonl""",
+    "score": """examples:
+  distilldetect score detectors/fashion-drift logs/x.npy scores.parquet --drift-window 1000
+  distilldetect score detectors/fashion-drift logs/ scores.parquet --engine ray --workers 2""",
+    "adversarial": """examples:
+  distilldetect adversarial --quick --out results/adv-quick
+  distilldetect adversarial --attacks fgsm,pgd,adaptive --eps 0.1,0.3""",
+}
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions, keeps the epilogs' layout, and shows each option's default (unless it
+    is None/False or the help already says it)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" not in text
+            and default not in (None, False, argparse.SUPPRESS)
+            and action.option_strings
+        ):
+            shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+            text += f" (default: {shown})"
+        return text
+
+
+def _polish(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand: the help formatter, its epilog of examples."""
+    parser.formatter_class = _HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                child.formatter_class = _HelpFormatter
+                if name in EPILOGS and not child.epilog:
+                    child.epilog = EPILOGS[name]
 
 
 _EXPERIMENT_FIELDS = {

@@ -45,7 +45,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("detector_dir", metavar="DETECTOR_DIR", help="folder written by save_detector")
     p.add_argument("input", metavar="INPUT", help=".npy file, folder of .npy shards, or Parquet")
     p.add_argument("output", metavar="OUTPUT", help="Parquet file to write")
-    p.add_argument("--engine", choices=["local", "ray"], default="local")
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: stream on this machine; ray: Ray Data actors (the [ray] extra)",
+    )
     p.add_argument(
         "--ray-address",
         default=None,

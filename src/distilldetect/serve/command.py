@@ -117,7 +117,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--refresh", type=_positive_float, default=2.0, help="dashboard refresh, seconds"
     )
     p.add_argument("--access-log", action="store_true", help="log every request (uvicorn)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="uvicorn's and the service's log level",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     return p
 
