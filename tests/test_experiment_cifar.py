@@ -41,6 +41,7 @@ def study(tmp_path, data_dir, **kw):
         n_batches=3,
         batch_size=20,
         fractions=[0.0, 0.5],
+        power_batch_sizes=[10, 20],
         cache_dir=str(tmp_path / "cache"),
         out=str(tmp_path / "out"),
         verbose=False,

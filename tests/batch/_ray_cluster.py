@@ -19,9 +19,17 @@ from pathlib import Path
 
 
 def free_port() -> int:
+    """A free port from the kernel's ephemeral range (32768-60999 on Linux)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _pids_using(marker: str) -> list[int]:
@@ -54,7 +62,10 @@ class RayCluster:
             "--metrics-export-port": free_port(),
             "--runtime-env-agent-port": free_port(),
         }
-        low = 20000 + (os.getpid() % 400) * 100
+        # Worker ports come from a block below the ephemeral range, so that no port picked by
+        # free_port() (for this or another component) can fall inside it.
+        low = 20000 + (os.getpid() % 120) * 100  # above Ray's default 10002-19999
+        assert low + 99 < _ephemeral_low(), "worker port block overlaps the ephemeral range"
         cmd = [
             ray_bin,
             "start",
