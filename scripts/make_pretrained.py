@@ -3,15 +3,16 @@
     PYTHONPATH=src .venv/bin/python scripts/make_pretrained.py            # the study's settings
     PYTHONPATH=src .venv/bin/python scripts/make_pretrained.py --help     # what can be changed
 
-It trains the harmful-drift study's teacher and student with the study's own settings, read from
+It runs the harmful-drift study's own stages (``stages.load_data``, ``get_teacher`` — which reuses
+the study's teacher cache —, ``fit_detector``) with the study's own settings, read from
 :class:`distilldetect.experiments.harmful_drift.StudyConfig` (so that a change of the study's
 defaults — another student, say — is picked up by running this again):
 
 * teacher: the zoo's ``TEACHERS['fashion_mnist']`` (``cnn_classifier``, input (28, 28), filters
   (32, 64), dense (128,)), ``train_classifier`` for ``teacher_epochs`` (5) epochs, batch 128,
   Adam at 1e-3, seed 0, on all 60 000 training images as ``scale_by_instance(x / 255)``;
-* student: ``StudyConfig().student_spec()`` (``distilled_model_cifar10``, input (28, 28),
-  nb_filters1=32, nb_dense=40), built after ``seed_torch(seed + 1)``;
+* student: ``StudyConfig().student_spec()`` (today ``cnn_classifier``, input (28, 28), filters
+  (32, 64), dense (64,)), built after seeding torch with ``seed + 1``;
   ``ModelDistillation(loss_type='xent', temperature=0.5, data_type='image')``, ``fit`` for
   ``student_epochs`` (10) epochs with AugMix (``make_augment_fn('augmix', level=0.5)``),
   batch 128, Adam at 1e-3, seed 0;
@@ -27,6 +28,7 @@ Same seed, same machine and versions: same weights (CPU training).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -69,16 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import distilldetect
-    from distilldetect import ModelDistillation, predict_batch, save_detector
-    from distilldetect.datasets import load_fashion_mnist
-    from distilldetect.experiments.harmful_drift import (
-        TEACHERS,
-        StudyConfig,
-        seed_torch,
-        to_model_input,
-    )
+    from distilldetect import predict_batch, save_detector
+    from distilldetect.experiments import stages
+    from distilldetect.experiments.harmful_drift import TEACHERS, StudyConfig
     from distilldetect.metrics import auroc
-    from distilldetect.models import build_model, train_classifier
 
     args = parse(argv)
     cfg = StudyConfig(
@@ -96,53 +92,20 @@ def main(argv: list[str] | None = None) -> int:
     verbose = not args.quiet
     started = time.monotonic()
 
-    (x_train, y_train), (x_test, y_test) = load_fashion_mnist(args.data_dir, verbose=verbose)
-    X_train, X_test = to_model_input(x_train), to_model_input(x_test)
-    y_train, y_test = np.asarray(y_train).ravel(), np.asarray(y_test).ravel()
-
-    # teacher: exactly the study's (_get_teacher)
-    teacher_name, teacher_kwargs = TEACHERS[cfg.dataset]
-    seed_torch(cfg.seed)
-    teacher = build_model(teacher_name, **teacher_kwargs)
+    # the study's own stages, so that the shipped teacher and student are exactly the study's
+    # (the teacher comes from the study's cache when an earlier study trained it)
+    cfg = dataclasses.replace(cfg, data_dir=args.data_dir, verbose=verbose)
+    data = stages.load_data(cfg)
+    X_test, y_test = data.x_eval, data.y_eval
     t0 = time.monotonic()
-    train_classifier(
-        teacher,
-        X_train,
-        y_train,
-        epochs=cfg.teacher_epochs,
-        batch_size=cfg.batch_size_fit,
-        learning_rate=cfg.teacher_lr,
-        seed=cfg.seed,
-        verbose=verbose,
-    )
+    teacher_stage = stages.get_teacher(cfg, data)
+    teacher = teacher_stage.model
     teacher_seconds = time.monotonic() - t0
-
-    # student: exactly the study's (run_study, step 3)
-    student_name, student_kwargs = cfg.student_spec()
-    seed_torch(cfg.seed + 1)
-    student = build_model(student_name, **student_kwargs)
-    ad = ModelDistillation(
-        distilled_model=student,
-        model=teacher,
-        loss_type=cfg.loss_type,
-        temperature=cfg.temperature,
-        data_type="image",
-    )
-    augment_fn = None
-    if cfg.augment is not None:
-        from distilldetect.augment import make_augment_fn
-
-        augment_fn = make_augment_fn(cfg.augment, level=cfg.augment_level)
     t0 = time.monotonic()
-    ad.fit(
-        X_train,
-        epochs=cfg.student_epochs,
-        batch_size=cfg.batch_size_fit,
-        verbose=verbose,
-        seed=cfg.seed,
-        learning_rate=cfg.student_lr,
-        augment_fn=augment_fn,
-    )
+    detector = stages.fit_detector(cfg, data, teacher_stage)
+    ad, student = detector.ad, detector.ad.distilled_model
+    student_name, student_kwargs = cfg.student_spec()
+    teacher_name, teacher_kwargs = TEACHERS[cfg.dataset]
     student_seconds = time.monotonic() - t0
 
     # measurements on the test set

@@ -18,15 +18,8 @@ def subcommands() -> dict[str, argparse.ArgumentParser]:
     return dict(action.choices)
 
 
-# The study branch brings the experiment subcommand's help lines (issue 13); until it lands
-# the check covers the other subcommands.
-PENDING = {"experiment"}
-
-
 def test_every_flag_has_a_help_line_and_every_subcommand_two_examples():
     for name, parser in subcommands().items():
-        if name in PENDING:
-            continue
         missing = [a.dest for a in parser._actions if not a.help and a.help != argparse.SUPPRESS]
         assert missing == [], f"{name}: options without help: {missing}"
         examples = [line for line in (parser.epilog or "").splitlines() if "distilldetect " in line]

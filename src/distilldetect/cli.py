@@ -1,6 +1,6 @@
 """The ``distilldetect`` command.
 
-    distilldetect experiment [--dataset fashion_mnist|cifar10] [--quick] [--out DIR] ...
+    distilldetect experiment [--pretrained | --teacher PATH] [--data DIR] [--quick] [--out DIR] ...
     distilldetect corruptions [--subset all]
     distilldetect fetch fashion_mnist|cifar10|cifar10c [--data-dir DIR] [--corruption NAME ...]
     distilldetect serve DETECTOR_DIR [--host 127.0.0.1] [--port 8000] [--token-file FILE] ...
@@ -56,6 +56,12 @@ def _str_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+def _path_list(text: str) -> str | list[str]:
+    """A folder, or comma-separated files."""
+    parts = _str_list(text)
+    return parts[0] if len(parts) == 1 else parts
+
+
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line on stderr (no usage block), exit status 2."""
 
@@ -73,75 +79,202 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"distilldetect {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from .backends.zoo_args import MODEL_NAMES
+    from .corruptions import get_corruption_names
+    from .experiments.config import DATASETS, DRIFT_TESTS, StudyConfig
+
+    study = StudyConfig()
     exp = sub.add_parser(
         "experiment",
-        help="run the harmful-drift study (CIFAR-10-C example) end to end",
-        description="Train (or load) a teacher, distil a student, corrupt evaluation images at "
-        "severities 1-5 and measure harmful vs harmless drift detection. Writes results.json, "
-        "report.md and figures.",
+        help="run the harmful-drift study (Fashion-MNIST by default) end to end",
+        description="Get a teacher (shipped with --pretrained, trained and cached, or your own with "
+        "--teacher), distil a student, corrupt evaluation images at severities 1-5 and measure "
+        "how well the distillation score and drift tests tell harmful drift (the teacher turns "
+        "wrong) from harmless drift. Writes results.json, report.md, report.html, figures and the "
+        "fitted detector (detector/) into --out. The study's defaults differ from the library's "
+        "(they were tuned for drift on a validation split): they are shown below.",
     )
-    exp.add_argument(
-        "--dataset", default="fashion_mnist", help="fashion_mnist (default) or cifar10"
+    data = exp.add_argument_group("data")
+    data.add_argument(
+        "--dataset",
+        default=None,
+        choices=[d for d in DATASETS if d != "user"],
+        help="a known data set (default: fashion_mnist; with --data: your own)",
     )
-    exp.add_argument(
-        "--data-dir", default=None, help="directory with the data set files (offline use)"
+    data.add_argument(
+        "--data-dir", default=None, help="folder with the known data set's files (offline use)"
     )
-    exp.add_argument(
-        "--out", default=None, help="output directory (default results/<dataset>-<timestamp>)"
+    data.add_argument(
+        "--data",
+        type=_path_list,
+        default=None,
+        metavar="DIR_OR_FILES",
+        help="your own images: a folder with x_train.npy, y_train.npy, x_test.npy, y_test.npy, "
+        "or an image folder with one sub-folder per class (train/ and test/ optional); or the "
+        "four .npy files, comma-separated",
     )
-    exp.add_argument(
+    data.add_argument(
+        "--preprocess",
+        default=None,
+        choices=["scale_by_instance", "unit", "raw"],
+        help="uint8 images to model input: x/255 scaled by instance (the study's), x/255, or "
+        "0-255 as floats; give your own teacher's preprocessing (default: scale_by_instance)",
+    )
+    data.add_argument(
+        "--split",
+        default=None,
+        choices=["test", "validation"],
+        help="evaluate on the test set, or on a validation split of the training data (to tune "
+        "settings; never tune on the test set) (default: test)",
+    )
+    data.add_argument(
+        "--n-train", type=int, default=None, help="subsample the training set (default: all)"
+    )
+    models = exp.add_argument_group("teacher and student")
+    how = models.add_mutually_exclusive_group()
+    how.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="use the teacher and student shipped with distilldetect (Fashion-MNIST): no training",
+    )
+    how.add_argument(
+        "--train",
+        action="store_true",
+        help="train the teacher (or take it from the cache) and the student (the default)",
+    )
+    how.add_argument(
+        "--teacher",
+        default=None,
+        metavar="PATH",
+        help="your teacher: a cached teacher or saved detector folder, a .keras file (safe mode), "
+        "an .onnx file (extra [onnx]), or module:factory (with --teacher-weights)",
+    )
+    models.add_argument(
+        "--teacher-weights",
+        default=None,
+        metavar="FILE",
+        help="weights for a module:factory --teacher (.safetensors or .weights.h5)",
+    )
+    models.add_argument(
+        "--teacher-epochs",
+        type=int,
+        default=None,
+        help=f"epochs of teacher training (default: {study.teacher_epochs})",
+    )
+    models.add_argument(
+        "--student",
+        default=None,
+        choices=sorted(MODEL_NAMES),
+        help="zoo model of the student (default: the data set's, see README)",
+    )
+    models.add_argument(
+        "--student-epochs",
+        type=int,
+        default=None,
+        help=f"epochs of distillation (default: {study.student_epochs})",
+    )
+    models.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help=f"temperature of the teacher's softmax in the loss (default: {study.temperature}; "
+        "the library's is 1)",
+    )
+    models.add_argument(
+        "--loss-type",
+        default=None,
+        choices=["kld", "xent"],
+        help=f"distillation loss (default: {study.loss_type}; the library's is kld)",
+    )
+    models.add_argument(
+        "--augment",
+        default=None,
+        choices=["augmix", "none"],
+        help=f"augment the student's training inputs (default: {study.augment})",
+    )
+    models.add_argument(
+        "--augment-level",
+        type=float,
+        default=None,
+        help=f"AugMix strength in (0, 1] (default: {study.augment_level})",
+    )
+    models.add_argument(
+        "--cache-dir",
+        default=None,
+        help="cache of trained teachers and downloads (default: $DISTILLDETECT_CACHE or "
+        "~/.cache/distilldetect)",
+    )
+    drift = exp.add_argument_group("corruptions and drift tests")
+    drift.add_argument(
         "--corruptions",
         type=_str_list,
         default=None,
-        help="comma-separated names or 'all' (default)",
+        help=f"comma-separated corruption names, or all (default: all); one of: "
+        f"{', '.join(get_corruption_names('all'))}",
     )
-    exp.add_argument("--severities", type=_int_list, default=[1, 2, 3, 4, 5], help="e.g. 1,3,5")
-    exp.add_argument(
-        "--fractions", type=_float_list, default=None, help="contamination fractions in [0, 1)"
+    drift.add_argument(
+        "--severities", type=_int_list, default=None, help="e.g. 1,3,5 (default: 1,2,3,4,5)"
     )
-    exp.add_argument(
-        "--n-eval", type=int, default=None, help="evaluation images corrupted per type"
+    drift.add_argument(
+        "--fractions",
+        type=_float_list,
+        default=None,
+        help="contamination fractions in [0, 1) (default: 0,0.1,...,0.9)",
     )
-    exp.add_argument(
-        "--n-ref", type=int, default=None, help="clean reference scores (default 1000)"
+    drift.add_argument(
+        "--n-eval",
+        type=int,
+        default=None,
+        help=f"evaluation images corrupted per type (default: {study.n_eval})",
     )
-    exp.add_argument(
-        "--n-batches", type=int, default=None, help="batches per contamination level (default 100)"
+    drift.add_argument(
+        "--n-ref", type=int, default=None, help=f"clean reference scores (default: {study.n_ref})"
     )
-    exp.add_argument(
-        "--batch-size", type=int, default=None, help="instances per batch (default 100)"
+    drift.add_argument(
+        "--n-batches",
+        type=int,
+        default=None,
+        help=f"batches per contamination level and reference draw (default: {study.n_batches})",
     )
-    exp.add_argument("--p-val", type=float, default=None, help="significance level (default 0.05)")
-    exp.add_argument(
+    drift.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"instances per batch (default: {study.batch_size})",
+    )
+    drift.add_argument(
+        "--p-val", type=float, default=None, help=f"significance level (default: {study.p_val})"
+    )
+    drift.add_argument(
         "--drift-test",
         default=None,
-        help="the study's harmful-drift test: tail_rank (default) or one_sided (KS)",
+        choices=list(DRIFT_TESTS),
+        help="the study's harmful-drift test: tail-weighted rank test or one-sided KS (default: "
+        f"{study.drift_test})",
     )
-    exp.add_argument(
-        "--n-draws", type=int, default=None, help="reference draws the drift part is repeated over"
+    drift.add_argument(
+        "--n-draws",
+        type=int,
+        default=None,
+        help=f"reference draws the drift part is repeated over (default: {study.n_draws})",
     )
-    exp.add_argument(
+    drift.add_argument(
         "--power-batch-sizes",
         type=_int_list,
         default=None,
-        help="batch sizes of the power table (default 10,20,50,100)",
+        help="batch sizes of the power table (default: 10,20,50,100)",
     )
-    exp.add_argument(
-        "--teacher", default=None, help="directory of a cached teacher or a saved detector"
+    run = exp.add_argument_group("run")
+    run.add_argument(
+        "--seed", type=int, default=None, help=f"seed of everything (default: {study.seed})"
     )
-    exp.add_argument("--teacher-epochs", type=int, default=None)
-    exp.add_argument("--student", default=None, help="zoo model for the student")
-    exp.add_argument("--student-epochs", type=int, default=None)
-    exp.add_argument("--temperature", type=float, default=None)
-    exp.add_argument("--loss-type", default=None, help="kld or xent")
-    exp.add_argument("--augment", default=None, help="augmix: robust distillation, or none")
-    exp.add_argument("--augment-level", type=float, default=None)
-    exp.add_argument("--split", default=None, help="test (default) or validation (for tuning)")
-    exp.add_argument("--n-train", type=int, default=None, help="subsample the training set")
-    exp.add_argument("--seed", type=int, default=None)
-    exp.add_argument("--cache-dir", default=None, help="cache for teachers and downloads")
-    exp.add_argument("--quick", action="store_true", help="small settings, about a minute")
-    exp.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
+    run.add_argument(
+        "--out", default=None, help="output folder (default: results/<dataset>-<timestamp>)"
+    )
+    run.add_argument(
+        "--quick", action="store_true", help="small settings for a first look (about a minute)"
+    )
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
 
     from .corruptions import SUBSETS
 
@@ -185,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
 #: Two examples per subcommand, shown at the end of its --help.
 EPILOGS: dict[str, str] = {
     "experiment": """examples:
-  distilldetect experiment --quick --out results/quick        # about a minute
+  distilldetect experiment --pretrained --out results/demo     # the shipped models, no training
+  distilldetect experiment --quick --out results/quick         # trains small models, a minute
+  distilldetect experiment --data my_images/ --teacher my_net.onnx --preprocess unit
   distilldetect experiment --split validation --temperature 1  # tune, never on the test set""",
     "corruptions": """examples:
   distilldetect corruptions
@@ -253,6 +388,9 @@ _EXPERIMENT_FIELDS = {
     "n_draws": "n_draws",
     "power_batch_sizes": "power_batch_sizes",
     "teacher": "teacher_path",
+    "teacher_weights": "teacher_weights",
+    "data": "data",
+    "preprocess": "preprocess",
     "teacher_epochs": "teacher_epochs",
     "student": "student",
     "student_epochs": "student_epochs",
@@ -275,16 +413,19 @@ def _experiment(args: argparse.Namespace) -> int:
         for arg, field in _EXPERIMENT_FIELDS.items()
         if getattr(args, arg) is not None
     }
-    overrides["dataset"] = args.dataset
+    if args.dataset is not None:
+        overrides["dataset"] = args.dataset
+    if args.pretrained:
+        overrides["pretrained"] = True
     if overrides.get("augment") == "none":
         overrides["augment"] = None
     overrides["verbose"] = not args.quiet
     if overrides.get("corruptions") == ["all"]:
         overrides["corruptions"] = "all"
-    config = hd.quick_config(**overrides) if args.quick else hd.StudyConfig(**overrides)
-    if config.out is None:
-        config.out = str(hd.default_out_dir(config.dataset))
     try:
+        config = hd.quick_config(**overrides) if args.quick else hd.StudyConfig(**overrides)
+        if config.out is None:
+            config.out = str(hd.default_out_dir(config.dataset))
         # everything that can be wrong with the arguments or the data, before the long work
         hd.preflight(config)
     except (ValueError, TypeError, OSError) as err:
@@ -292,7 +433,10 @@ def _experiment(args: argparse.Namespace) -> int:
     results = hd.run(config)
     for s in sorted(results.severities, key=int):
         print(results.headline(s))
-    print(f"results: {results.out}/results.json, report: {results.out}/report.md")
+    print(
+        f"results: {results.out}/results.json, report: {results.out}/report.md, "
+        f"detector: {results.out}/detector"
+    )
     return 0
 
 

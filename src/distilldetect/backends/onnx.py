@@ -15,7 +15,7 @@ import numpy as np
 from .. import files
 from ..base import describe
 
-__all__ = ["OnnxTeacher", "MAX_ONNX_BYTES"]
+__all__ = ["OnnxTeacher", "MAX_ONNX_BYTES", "save_teacher", "load_teacher"]
 
 #: Largest ONNX file read (2 GiB, protobuf's own limit).
 MAX_ONNX_BYTES: int = 2**31 - 1
@@ -46,7 +46,7 @@ class OnnxTeacher:
     (128, 10)
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, data: bytes | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as err:
@@ -54,7 +54,9 @@ class OnnxTeacher:
                 f"an ONNX teacher needs ONNX Runtime: pip install 'distilldetect[onnx]' ({err})"
             ) from err
         self.path = Path(path)
-        data = files.read_limited(self.path, MAX_ONNX_BYTES, "an ONNX model")
+        if data is None:
+            data = files.read_limited(self.path, MAX_ONNX_BYTES, "an ONNX model")
+        self.model_bytes = data  # what the session runs: saved with a detector as it is
         options = ort.SessionOptions()
         options.log_severity_level = 3
         try:
@@ -97,3 +99,26 @@ class OnnxTeacher:
     def describe(self) -> dict[str, Any]:
         """The file and its input, for reports."""
         return {"path": str(self.path), "input": self.input_name, "shape": self.input_shape}
+
+
+def save_teacher(teacher: OnnxTeacher, directory: Path, name: str) -> dict[str, Any]:
+    """Write the ONNX graph ``teacher`` runs into ``directory`` as ``<name>.onnx``; its entry.
+
+    Examples
+    --------
+    >>> entry = save_teacher(teacher, data_dir, "model")  # doctest: +SKIP
+    >>> entry["files"]  # doctest: +SKIP
+    ['model.onnx']
+    """
+    file = f"{name}.onnx"
+    files.write_new(directory / file, teacher.model_bytes)
+    return {"name": name, "framework": "onnx", "format": "onnx", "files": [file]}
+
+
+def load_teacher(directory: Path, entry: dict[str, Any]) -> OnnxTeacher:
+    """An :class:`OnnxTeacher` from a saved entry; the file is checked against its SHA-256
+    (``entry['checksums']``) and the session runs the bytes that were checked."""
+    (file,) = entry["files"]
+    path = directory / file
+    data = files.read_checked(path, entry["checksums"][file], "a saved ONNX teacher")
+    return OnnxTeacher(path, data=data)

@@ -14,7 +14,7 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -34,7 +34,8 @@ __all__ = [
     "quick_config",
 ]
 
-DATASETS: tuple[str, ...] = ("fashion_mnist", "cifar10")
+#: ``'user'``: the user's own data (``StudyConfig.data``), with architectures sized to it.
+DATASETS: tuple[str, ...] = ("fashion_mnist", "cifar10", "user")
 FRACTIONS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(10))
 #: The drift tests run on every batch (the same batches for all: paired comparisons).
 DETECTORS: tuple[str, ...] = (
@@ -70,6 +71,8 @@ TEACHERS: dict[str, tuple[str, dict[str, Any]]] = {
         {"input_shape": [28, 28], "filters": [32, 64], "dense": [128]},
     ),
     "cifar10": ("resnet", {"input_shape": [32, 32, 3], "num_blocks": 3}),
+    # input_shape and num_classes are filled in from the user's data
+    "user": ("cnn_classifier", {"filters": [32, 64], "dense": [128]}),
 }
 STUDENTS: dict[str, tuple[str, dict[str, Any]]] = {
     # chosen on the validation split (scripts/tune_drift.py): a CNN student with the
@@ -79,6 +82,7 @@ STUDENTS: dict[str, tuple[str, dict[str, Any]]] = {
         {"input_shape": [28, 28], "filters": [32, 64], "dense": [64]},
     ),
     "cifar10": ("distilled_model_cifar10", {"input_shape": [32, 32, 3]}),
+    "user": ("cnn_classifier", {"filters": [32, 64], "dense": [64]}),
 }
 
 
@@ -100,15 +104,23 @@ class StudyConfig:
     'fashion_mnist'
     """
 
-    dataset: str = "fashion_mnist"
+    dataset: str | None = None  # None: 'user' when ``data`` is given, else 'fashion_mnist'
     data_dir: str | None = None
+    data: str | Sequence[str] | None = None  # the user's own data (see datasets.load_user_data)
     corruptions: Sequence[str] | str = "all"
     severities: Sequence[int] = (1, 2, 3, 4, 5)
     n_eval: int = 1000  # evaluation images corrupted per corruption type (the same per severity)
     n_train: int | None = None  # subsample the training set (None: all of it)
     eval_split: str = "test"  # or 'validation': hold out part of the training set instead
     n_validation: int = 10000
+    # a cached teacher / saved detector folder, a .keras or .onnx file, or module:factory
     teacher_path: str | None = None
+    teacher_weights: str | None = None  # safetensors / .weights.h5 for a module:factory teacher
+    pretrained: bool = False  # the shipped Fashion-MNIST teacher and student: no training
+    # how uint8 images become the models' input: 'scale_by_instance' (x / 255 scaled by
+    # instance, the study's), 'unit' (x / 255) or 'raw' (0-255): a teacher of your own needs
+    # the preprocessing it was trained with
+    preprocess: str = "scale_by_instance"
     teacher_epochs: int = 5
     teacher_lr: float = 1e-3
     student: str | None = None  # zoo builder name; None: the dataset's default
@@ -138,6 +150,10 @@ class StudyConfig:
     verbose: bool = True
     quick: bool = False
 
+    def __post_init__(self) -> None:
+        if self.dataset is None:
+            self.dataset = "user" if self.data is not None else "fashion_mnist"
+
     # ------------------------------------------------------------------ validation
     def validate(self) -> StudyConfig:
         """Check every setting; raise ValueError/TypeError with a one-line message."""
@@ -145,6 +161,24 @@ class StudyConfig:
 
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {list(DATASETS)}, got {self.dataset!r}")
+        if self.data is not None and self.dataset != "user":
+            raise ValueError(
+                f"data gives the study your own data, so dataset must be 'user' (or left out), "
+                f"got dataset={self.dataset!r}"
+            )
+        if self.dataset == "user" and self.data is None:
+            raise ValueError("dataset 'user' needs data: a folder or the four .npy files")
+        if self.data is not None and self.data_dir is not None:
+            raise ValueError("give data (your own data) or data_dir (a known data set), not both")
+        if self.teacher_weights is not None and self.teacher_path is None:
+            raise ValueError("teacher_weights needs teacher_path (a module:factory teacher)")
+        if self.preprocess not in ("scale_by_instance", "unit", "raw"):
+            raise ValueError(
+                "preprocess must be one of ['scale_by_instance', 'unit', 'raw'], got "
+                f"{self.preprocess!r}"
+            )
+        if self.pretrained:
+            self._check_pretrained()
         names = get_corruption_names("all")
         if isinstance(self.corruptions, str):
             if self.corruptions != "all" and self.corruptions not in names:
@@ -212,8 +246,8 @@ class StudyConfig:
                 raise ValueError(
                     f"student must be one of {list(MODEL_NAMES)}, got {self.student!r}"
                 )
-        if self.teacher_path is not None and not Path(self.teacher_path).is_dir():
-            raise ValueError(f"teacher_path {self.teacher_path!r} is not a directory")
+        if self.teacher_path is not None:
+            _check_teacher_spec(self.teacher_path, self.teacher_weights)
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise ValueError(f"data_dir {self.data_dir!r} is not a directory")
         if self.cache_dir is not None and Path(self.cache_dir).exists():
@@ -224,6 +258,45 @@ class StudyConfig:
                 )
         return self
 
+    #: Settings that train the teacher or the student: unused (so refused) with ``pretrained``.
+    TRAINING_FIELDS: ClassVar[tuple[str, ...]] = (
+        "teacher_epochs",
+        "teacher_lr",
+        "student",
+        "student_kwargs",
+        "student_epochs",
+        "student_lr",
+        "augment",
+        "augment_level",
+        "batch_size_fit",
+        "temperature",
+        "loss_type",
+        "n_train",
+        "preprocess",
+    )
+
+    def _check_pretrained(self) -> None:
+        """``pretrained`` uses the shipped detector: refuse settings it cannot honour."""
+        if self.dataset != "fashion_mnist":
+            raise ValueError(
+                f"pretrained: the shipped detector is for fashion_mnist, got dataset "
+                f"{self.dataset!r}; train one instead (pretrained=False)"
+            )
+        if self.teacher_path is not None:
+            raise ValueError("give pretrained or teacher_path, not both")
+        if self.eval_split != "test":
+            raise ValueError(
+                "pretrained: the shipped teacher was trained on all 60 000 training images, so a "
+                "validation split of them is not held out; train instead (pretrained=False)"
+            )
+        defaults = StudyConfig()
+        changed = [n for n in self.TRAINING_FIELDS if getattr(self, n) != getattr(defaults, n)]
+        if changed:
+            raise ValueError(
+                f"pretrained uses the shipped teacher and student as they were trained; "
+                f"{', '.join(changed)} would need training: drop them or train (pretrained=False)"
+            )
+
     def corruption_list(self) -> list[str]:
         """The corruption names of the study (``'all'`` expanded)."""
         from ..corruptions import get_corruption_names
@@ -232,12 +305,23 @@ class StudyConfig:
             return get_corruption_names("all") if self.corruptions == "all" else [self.corruptions]
         return list(self.corruptions)
 
-    def student_spec(self) -> tuple[str, dict[str, Any]]:
-        """The student's zoo builder name and keyword arguments."""
+    def teacher_spec(
+        self, input_shape: Sequence[int] | None = None, num_classes: int | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """The teacher's zoo builder name and keyword arguments (``'user'``: sized to the data)."""
+        name, kwargs = TEACHERS[self.dataset]
+        return name, {**kwargs, **_sized(self.dataset, input_shape, num_classes)}
+
+    def student_spec(
+        self, input_shape: Sequence[int] | None = None, num_classes: int | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """The student's zoo builder name and keyword arguments (``'user'``: sized to the data)."""
         name, kwargs = STUDENTS[self.dataset]
+        sized = _sized(self.dataset, input_shape, num_classes)
         if self.student is not None and self.student != name:
-            name, kwargs = self.student, {"input_shape": TEACHERS[self.dataset][1]["input_shape"]}
-        return name, {**kwargs, **(self.student_kwargs or {})}
+            shape = TEACHERS[self.dataset][1].get("input_shape")
+            name, kwargs = self.student, ({"input_shape": shape} if shape else {})
+        return name, {**kwargs, **sized, **(self.student_kwargs or {})}
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain JSON data (``config`` of results.json)."""
@@ -249,7 +333,46 @@ class StudyConfig:
         name, kwargs = self.student_spec()
         d["student"], d["student_kwargs"] = name, kwargs
         d["teacher_arch"] = {"name": TEACHERS[self.dataset][0], "kwargs": TEACHERS[self.dataset][1]}
+        if self.data is not None:
+            d["data"] = [self.data] if isinstance(self.data, str) else list(self.data)
         return d
+
+
+def _sized(
+    dataset: str | None, input_shape: Sequence[int] | None, num_classes: int | None
+) -> dict[str, Any]:
+    """For the user's data: the architectures' input shape and class count, from the data."""
+    if dataset != "user" or input_shape is None:
+        return {}
+    sized: dict[str, Any] = {"input_shape": [int(n) for n in input_shape]}
+    if num_classes is not None:
+        sized["num_classes"] = int(num_classes)
+    return sized
+
+
+def _check_teacher_spec(spec: Any, weights: Any) -> None:
+    """``teacher_path``: a folder, a ``.keras`` / ``.onnx`` file, or ``module:factory``."""
+    if not isinstance(spec, str) or not spec:
+        raise TypeError(f"teacher_path must be a path or 'module:factory' string, got {spec!r}")
+    path = Path(spec)
+    if path.is_dir():
+        if weights is not None:
+            raise ValueError("teacher_weights is only for a module:factory teacher_path")
+        return
+    if path.suffix in (".keras", ".onnx"):
+        if not path.is_file():
+            raise ValueError(f"teacher_path {spec!r}: no such file")
+        if weights is not None:
+            raise ValueError("teacher_weights is only for a module:factory teacher_path")
+        return
+    module, _, factory = spec.partition(":")
+    if not (module and factory) or path.exists():
+        raise ValueError(
+            f"teacher_path {spec!r} is neither a folder (a cached teacher or saved detector), a "
+            ".keras or .onnx file, nor module:factory"
+        )
+    if weights is not None and not Path(weights).is_file():
+        raise ValueError(f"teacher_weights {weights!r}: no such file")
 
 
 def quick_config(**overrides: Any) -> StudyConfig:
@@ -269,6 +392,9 @@ def quick_config(**overrides: Any) -> StudyConfig:
         "n_draws": 2,
         "quick": True,
     }
+    if overrides.get("pretrained"):  # the shipped detector: nothing is trained
+        for name in StudyConfig.TRAINING_FIELDS:
+            settings.pop(name, None)
     settings.update(overrides)
     return StudyConfig(**settings)
 

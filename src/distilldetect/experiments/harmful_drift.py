@@ -79,6 +79,7 @@ def preflight(cfg: StudyConfig) -> None:
     cfg.validate()
     stages.check_teacher_path(cfg)
     data = stages.load_data(dataclasses.replace(cfg, verbose=False), raw_only=True)
+    stages.check_teacher_fits(cfg, data)
     stages.check_sizes(cfg, len(data.x_eval_u8))
     prepare_output_dir(cfg.out if cfg.out else default_out_dir(cfg.dataset))
     if not stages.has_real_cifar10c(cfg) and cfg.dataset == "cifar10":
@@ -148,6 +149,7 @@ def run(
     log(f"corruptions: {len(rows_per_type)} types, {source}, {n_eval} images each")
     config = {
         **cfg.to_dict(),
+        **_architectures(cfg, data, teacher),
         "student_parameters": detector.n_params,
         "teacher": teacher.how,
         "eval_split": data.split,
@@ -193,12 +195,43 @@ def run(
     from .report import write_outputs
 
     write_outputs(results, out)
+    # the fitted detector, thresholded at the 95th percentile of the first clean reference
+    detector.ad.infer_threshold(data.x_eval[draws[0]], threshold_perc=95.0, batch_size=512)
+    out.save_detector(detector.ad, "detector")
+    log(f"detector saved in {out.path / 'detector'} (load_detector, distilldetect serve)")
     lap("outputs", t)
     timings["total"] = round(time.perf_counter() - t_start, 2)
     out.write("results.json", json.dumps(jsonable(results.to_dict()), indent=2))
     out.finish()
     log(f"done in {timings['total']:.0f} s; results in {out.path}")
     return results
+
+
+def _architectures(cfg: StudyConfig, data: stages.StudyData, teacher: stages.Teacher) -> dict:
+    """What the teacher and student really are, for results.json's config."""
+    if cfg.pretrained:
+        from ..fetching import pretrained_info
+
+        recipe = pretrained_info("fashion_mnist")["recipe"]
+        student = recipe["student"]
+        return {
+            "teacher_arch": {"name": recipe["teacher"]["builder"], "kwargs": recipe["teacher"]["kwargs"]},
+            "student": student["builder"],
+            "student_kwargs": student["kwargs"],
+            "pretrained_recipe": recipe,
+        }  # fmt: skip
+    if cfg.teacher_path is not None:
+        teacher_arch = {
+            "name": "your own",
+            "path": cfg.teacher_path,
+            "weights": cfg.teacher_weights,
+            "class": type(teacher.model).__name__,
+        }
+    else:
+        name, kwargs = cfg.teacher_spec(data.input_shape, data.num_classes)
+        teacher_arch = {"name": name, "kwargs": kwargs}
+    student, student_kwargs = cfg.student_spec(data.input_shape, data.num_classes)
+    return {"teacher_arch": teacher_arch, "student": student, "student_kwargs": student_kwargs}
 
 
 def load_results(path: str | Path) -> dict[str, Any]:

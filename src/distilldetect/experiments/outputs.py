@@ -1,6 +1,7 @@
 """The study's output folder: written atomically, and never at the cost of the user's files.
 
-A study writes its files (results.json, report.md, report.html, figures) into ``--out`` and
+A study writes its files (results.json, report.md, report.html, figures, and the fitted detector
+as a folder, ``detector/``) into ``--out`` and
 records each in a manifest, ``.distilldetect-study.json`` (name, SHA-256, size). A folder can be
 written into when it is new, empty, or holds only files of an earlier study run that are
 unchanged since that run wrote them. Anything else in it — a file of the user's, a study file
@@ -74,7 +75,12 @@ def _in_the_way(directory: Path, manifest: dict[str, dict[str, Any]]) -> list[st
         if entry == MANIFEST or (entry.startswith(_TMP_PREFIX) and path.is_file()):
             continue
         recorded = manifest.get(entry)
-        if recorded is None or path.is_symlink() or not path.is_file():
+        if recorded is not None and recorded.get("kind") == "detector":
+            if path.is_symlink() or not (path / "config.json").is_file():
+                blocked.append(entry)
+            elif _sha256(path / "config.json") != recorded["sha256"]:
+                blocked.append(f"{entry} (changed since the study wrote it)")
+        elif recorded is None or path.is_symlink() or not path.is_file():
             blocked.append(entry)
         elif path.stat().st_size != recorded.get("bytes") or _sha256(path) != recorded["sha256"]:
             blocked.append(f"{entry} (changed since the study wrote it)")
@@ -151,6 +157,25 @@ class OutputDir:
         self.written.append(target)
         return target
 
+    def save_detector(self, detector: Any, name: str) -> Path:
+        """Save ``detector`` with :func:`~distilldetect.save_detector` into ``<out>/<name>/``
+        (atomic, checksummed) and record it (the SHA-256 of its self-checksummed config.json)."""
+        if not name or "/" in name or name.startswith(".") or name == MANIFEST:
+            raise ValueError(f"output folder name must be a plain visible name, got {name!r}")
+        from ..saving import save_detector
+
+        target = self.path / name
+        save_detector(detector, target)
+        config = target / "config.json"
+        self._files[name] = {
+            "kind": "detector",
+            "sha256": _sha256(config),
+            "bytes": config.stat().st_size,
+        }
+        self._write_manifest()
+        self.written.append(target)
+        return target
+
     def _write_manifest(self) -> None:
         files = {**self._earlier, **self._files}
         blob = json.dumps({"format": _FORMAT, "files": files}, indent=1).encode("utf-8")
@@ -167,6 +192,8 @@ class OutputDir:
             if name in self._files:
                 continue
             path = self.path / name
+            if entry.get("kind") == "detector":
+                continue  # a folder: never removed
             if path.is_file() and not path.is_symlink() and _sha256(path) == entry["sha256"]:
                 path.unlink()
             if not path.exists():

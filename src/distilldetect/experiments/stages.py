@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..ad import ModelDistillation
 from ..metrics import auroc, one_minus_max_prob, predictive_entropy
 from ..utils import predict_batch, scale_by_instance
-from .config import DETECTORS, POWER_CELLS, TEACHERS, StudyConfig
+from .config import DETECTORS, POWER_CELLS, StudyConfig
 
 __all__ = [
     "StudyData",
@@ -65,16 +65,75 @@ class StudyData:
     x_eval: np.ndarray
     y_eval: np.ndarray
     split: str
+    fingerprint: str = ""  # SHA-256 of the user's training data ('user' only: the cache key)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one instance (the architectures' input for the user's data)."""
+        return tuple(int(n) for n in self.x_eval_u8.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        """Labels are class indices: one more than the largest."""
+        return int(max(self.y_train.max(initial=0), self.y_eval.max(initial=0))) + 1
 
 
-def to_model_input(images: np.ndarray) -> np.ndarray:
-    """uint8 images → float32 in [0, 1] → scaled by instance (the models' input)."""
-    return scale_by_instance(images.astype(np.float32) / np.float32(255.0)).astype(np.float32)
+#: How uint8 images become the models' input (``StudyConfig.preprocess``).
+PREPROCESS: tuple[str, ...] = ("scale_by_instance", "unit", "raw")
+
+
+def to_model_input(images: np.ndarray, preprocess: str = "scale_by_instance") -> np.ndarray:
+    """uint8 images → the models' float32 input.
+
+    ``'scale_by_instance'`` (the study's): ``x / 255`` scaled by instance; ``'unit'``: ``x / 255``;
+    ``'raw'``: the values 0-255 as floats. A teacher of your own needs the preprocessing it was
+    trained with.
+
+    Examples
+    --------
+    >>> to_model_input(np.full((1, 2, 2), 255, np.uint8), "unit").tolist()
+    [[[1.0, 1.0], [1.0, 1.0]]]
+    """
+    x = images.astype(np.float32)
+    if preprocess == "raw":
+        return x
+    x /= np.float32(255.0)
+    if preprocess == "unit":
+        return x
+    if preprocess != "scale_by_instance":
+        raise ValueError(f"preprocess must be one of {list(PREPROCESS)}, got {preprocess!r}")
+    return scale_by_instance(x).astype(np.float32)
+
+
+def _as_images(x: np.ndarray, name: str) -> np.ndarray:
+    """The user's arrays as uint8 images (the corruptions work on images), or ValueError."""
+    if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3)):
+        raise ValueError(
+            f"{name}: the study corrupts images, so it needs (n, height, width) or (n, height, "
+            f"width, 1 or 3) arrays; got shape {x.shape}"
+        )
+    if x.dtype == np.uint8:
+        return x
+    lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+    if x.dtype.kind == "f" and 0.0 <= lo and hi <= 1.0:
+        return np.round(x * 255.0).astype(np.uint8)  # images in [0, 1]: the same pixel levels
+    if x.dtype.kind in "iu" and 0 <= lo and hi <= 255:
+        return x.astype(np.uint8)
+    raise ValueError(
+        f"{name}: images must be uint8, integers in 0-255 or floats in [0, 1]; got {x.dtype} "
+        f"values in [{lo:g}, {hi:g}]"
+    )
 
 
 def _load_raw(cfg: StudyConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
     """uint8 train/eval images and labels; with eval_split='validation' the eval set is held out."""
-    if cfg.dataset == "fashion_mnist":
+    if cfg.dataset == "user":
+        from ..datasets.user import load_user_data
+
+        source = cfg.data if isinstance(cfg.data, str) else list(cfg.data or ())
+        (x_train, y_train), (x_test, y_test) = load_user_data(source, seed=cfg.seed)
+        x_train, x_test = _as_images(x_train, "x_train"), _as_images(x_test, "x_test")
+    elif cfg.dataset == "fashion_mnist":
         from ..datasets import load_fashion_mnist
 
         (x_train, y_train), (x_test, y_test) = load_fashion_mnist(
@@ -89,6 +148,11 @@ def _load_raw(cfg: StudyConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     y_train, y_test = np.asarray(y_train).ravel(), np.asarray(y_test).ravel()
     split = "test"
     if cfg.eval_split == "validation":
+        if cfg.n_validation >= len(x_train):
+            raise ValueError(
+                f"n_validation ({cfg.n_validation}) must be smaller than the training set "
+                f"({len(x_train)} images) to hold a validation split out of it"
+            )
         rng = np.random.default_rng(cfg.seed + 7919)
         order = rng.permutation(len(x_train))
         val, train = order[: cfg.n_validation], order[cfg.n_validation :]
@@ -106,10 +170,23 @@ def _load_raw(cfg: StudyConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 def load_data(cfg: StudyConfig, *, raw_only: bool = False) -> StudyData:
     """Stage 1: the images and labels (``raw_only``: skip the float conversion, for checks)."""
     x_train_u8, y_train, x_eval_u8, y_eval, split = _load_raw(cfg)
+    fingerprint = ""
+    if cfg.dataset == "user":
+        digest = hashlib.sha256()
+        for part in (x_train_u8, y_train, x_eval_u8, y_eval):
+            digest.update(str(part.shape).encode())
+            digest.update(np.ascontiguousarray(part).tobytes())
+        fingerprint = digest.hexdigest()
     if raw_only:
-        return StudyData(x_train_u8, y_train, x_eval_u8, x_eval_u8, y_eval, split)
+        return StudyData(x_train_u8, y_train, x_eval_u8, x_eval_u8, y_eval, split, fingerprint)
     return StudyData(
-        to_model_input(x_train_u8), y_train, x_eval_u8, to_model_input(x_eval_u8), y_eval, split
+        to_model_input(x_train_u8, cfg.preprocess),
+        y_train,
+        x_eval_u8,
+        to_model_input(x_eval_u8, cfg.preprocess),
+        y_eval,
+        split,
+        fingerprint,
     )
 
 
@@ -122,6 +199,7 @@ class Teacher:
     how: str
     probs_eval: np.ndarray
     accuracy: float
+    shipped: ModelDistillation | None = None  # pretrained: the shipped detector, student fitted
 
 
 def cache_root(cfg: StudyConfig) -> Path:
@@ -132,9 +210,12 @@ def cache_root(cfg: StudyConfig) -> Path:
     return Path(env) if env else Path.home() / ".cache" / "distilldetect"
 
 
-def teacher_key(cfg: StudyConfig) -> str:
-    """The cache key of the study's teacher: a hash of everything its training depends on."""
-    name, kwargs = TEACHERS[cfg.dataset]
+def teacher_key(cfg: StudyConfig, data: StudyData | None = None) -> str:
+    """The cache key of the study's teacher: a hash of everything its training depends on
+    (for the user's data, the data's own SHA-256 too)."""
+    shape = data.input_shape if data is not None else None
+    classes = data.num_classes if data is not None else None
+    name, kwargs = cfg.teacher_spec(shape, classes)
     spec = {
         "dataset": cfg.dataset,
         "arch": [name, kwargs],
@@ -147,6 +228,10 @@ def teacher_key(cfg: StudyConfig) -> str:
         "n_validation": cfg.n_validation if cfg.eval_split == "validation" else None,
         "recipe": 1,
     }
+    if cfg.preprocess != "scale_by_instance":
+        spec["preprocess"] = cfg.preprocess
+    if data is not None and data.fingerprint:
+        spec["data"] = data.fingerprint
     blob = json.dumps(spec, sort_keys=True).encode()
     return f"{cfg.dataset}-{hashlib.sha256(blob).hexdigest()[:16]}"
 
@@ -200,11 +285,36 @@ def _load_teacher_folder(path: Path) -> Any:
         raise ValueError(f"{where} cannot be loaded: {message}") from None
 
 
+def _load_teacher_spec(cfg: StudyConfig) -> Any:
+    """The teacher named by ``teacher_path``: a folder, a ``.keras`` / ``.onnx`` file or
+    ``module:factory`` (with ``teacher_weights``); ValueError with one line if it cannot be had."""
+    path = Path(cfg.teacher_path or "")
+    if path.is_dir():
+        return _load_teacher_folder(path)
+    from ..models import load_classifier
+
+    try:
+        return load_classifier(cfg.teacher_path, weights=cfg.teacher_weights)
+    except (ValueError, TypeError, OSError, ImportError, AttributeError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"teacher {cfg.teacher_path!r} cannot be loaded: {message}") from None
+
+
+def load_pretrained() -> ModelDistillation:
+    """The shipped Fashion-MNIST detector (teacher and student), for ``pretrained=True``."""
+    from ..fetching import pretrained
+
+    return pretrained("fashion_mnist")
+
+
 def check_teacher_path(cfg: StudyConfig) -> None:
     """Load the teacher given by ``teacher_path`` once (cheap), so that a bad folder is refused
     before any long work; check that the cache folder can hold a trained teacher."""
+    if cfg.pretrained:
+        load_pretrained()
+        return
     if cfg.teacher_path is not None:
-        _load_teacher_folder(Path(cfg.teacher_path))
+        _load_teacher_spec(cfg)
         return
     root = cache_root(cfg)
     for parent in (root, *root.parents):
@@ -217,21 +327,48 @@ def check_teacher_path(cfg: StudyConfig) -> None:
             break
 
 
+def check_teacher_fits(cfg: StudyConfig, data: StudyData) -> None:
+    """The given teacher takes the data's images and has an output per class (4 images)."""
+    if cfg.teacher_path is None:
+        return
+    model = _load_teacher_spec(cfg)
+    x = to_model_input(data.x_eval_u8[:4], cfg.preprocess)
+    try:
+        probs = predict_batch(x, model, batch_size=4)
+    except Exception as err:  # the user's model: any framework error, as one line
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(
+            f"teacher {cfg.teacher_path!r} does not take the data's images of shape "
+            f"{data.input_shape}: {message}"
+        ) from None
+    probs = np.asarray(probs)
+    if probs.ndim != 2 or probs.shape[1] < data.num_classes:
+        raise ValueError(
+            f"teacher {cfg.teacher_path!r} gives outputs of shape {probs.shape[1:]} per image; "
+            f"the data has {data.num_classes} classes"
+        )
+
+
 def get_teacher(cfg: StudyConfig, data: StudyData) -> Teacher:
-    """Stage 2: the teacher, loaded from ``teacher_path`` or the cache, or trained and cached."""
+    """Stage 2: the teacher — shipped (``pretrained``), given by ``teacher_path``, cached, or
+    trained and cached."""
     from ..backends import get_backend
     from ..models import build_model, train_classifier
     from . import _teacher_cache
 
-    if cfg.teacher_path is not None:
-        model = _load_teacher_folder(Path(cfg.teacher_path))
+    shipped = None
+    if cfg.pretrained:
+        shipped = load_pretrained()
+        model, how = shipped.model, "pretrained (shipped with distilldetect, fashion_mnist)"
+    elif cfg.teacher_path is not None:
+        model = _load_teacher_spec(cfg)
         how = f"loaded from {cfg.teacher_path}"
     else:
-        directory = cache_root(cfg) / "teachers" / teacher_key(cfg)
+        directory = cache_root(cfg) / "teachers" / teacher_key(cfg, data)
         if _teacher_cache.exists(directory):
             model, how = _teacher_cache.load_teacher(directory), f"cached ({directory})"
         else:
-            name, kwargs = TEACHERS[cfg.dataset]
+            name, kwargs = cfg.teacher_spec(data.input_shape, data.num_classes)
             get_backend("pytorch").manual_seed(cfg.seed)
             model = build_model(name, **kwargs)
             train_classifier(
@@ -248,7 +385,7 @@ def get_teacher(cfg: StudyConfig, data: StudyData) -> Teacher:
             how = f"trained for {cfg.teacher_epochs} epochs, cached in {directory}"
     probs = predict_batch(data.x_eval, model, batch_size=512)
     accuracy = float((probs.argmax(1) == data.y_eval).mean())
-    return Teacher(model, how, probs, accuracy)
+    return Teacher(model, how, probs, accuracy, shipped)
 
 
 # ============================================================================ detector
@@ -265,11 +402,16 @@ class Detector:
 
 def fit_detector(cfg: StudyConfig, data: StudyData, teacher: Teacher) -> Detector:
     """Stage 3: build the student, distil it on the unlabelled training images, score the
-    clean evaluation images."""
-    from ..backends import framework_of, get_backend
+    clean evaluation images (``pretrained``: the shipped student, already distilled)."""
+    from ..backends import get_backend
     from ..models import build_model
 
-    name, kwargs = cfg.student_spec()
+    if teacher.shipped is not None:
+        from ..fetching import pretrained_info
+
+        name = pretrained_info("fashion_mnist")["recipe"]["student"]["builder"]
+        return _describe_detector(teacher.shipped, data, teacher, name)
+    name, kwargs = cfg.student_spec(data.input_shape, data.num_classes)
     get_backend("pytorch").manual_seed(cfg.seed + 1)
     student = build_model(name, **kwargs)
     ad = ModelDistillation(
@@ -293,6 +435,16 @@ def fit_detector(cfg: StudyConfig, data: StudyData, teacher: Teacher) -> Detecto
         learning_rate=cfg.student_lr,
         augment_fn=augment_fn,
     )
+    return _describe_detector(ad, data, teacher, name)
+
+
+def _describe_detector(
+    ad: ModelDistillation, data: StudyData, teacher: Teacher, name: str
+) -> Detector:
+    """The fitted detector's scores of the clean evaluation images and its agreement."""
+    from ..backends import framework_of, get_backend
+
+    student = ad.distilled_model
     scores = ad.score(data.x_eval, batch_size=512, teacher_probs=teacher.probs_eval)
     student_probs = predict_batch(data.x_eval, student, batch_size=512)
     agreement = float((student_probs.argmax(1) == teacher.probs_eval.argmax(1)).mean())
@@ -465,7 +617,9 @@ def evaluate_severity(
         if corruption_cache is not None and key in corruption_cache:
             x_c = corruption_cache[key]
         else:
-            x_c = to_model_input(_corrupted(cfg, data.x_eval_u8, rows, corruption, severity, real))
+            x_c = to_model_input(
+                _corrupted(cfg, data.x_eval_u8, rows, corruption, severity, real), cfg.preprocess
+            )
             if corruption_cache is not None:
                 corruption_cache[key] = x_c
         scores, probs = _score(detector.ad, x_c)

@@ -98,11 +98,23 @@ class _Writer:
         for sub, name, model, ref in self.models:
             directory = data_dir / sub if sub else data_dir
             directory.mkdir(parents=True, exist_ok=True)
-            entry = get_backend(framework_of(model)).save_model(model, directory, name)
+            if _is_onnx(model):
+                from ..backends import onnx
+
+                entry = onnx.save_teacher(model, directory, name)
+            else:
+                entry = get_backend(framework_of(model)).save_model(model, directory, name)
             if not isinstance(entry, dict) or entry.get("name") != name:
                 raise RuntimeError(f"the backend returned an invalid entry for {name}")
             check_json(entry, f"the saved entry of {name}")
             ref["entry"] = entry
+
+
+def _is_onnx(model: Any) -> bool:
+    """An ONNX teacher: a black box whose graph can be saved (it is data, not code)."""
+    from ..backends.onnx import OnnxTeacher
+
+    return isinstance(model, OnnxTeacher)
 
 
 def _callable_description(fn: Any) -> str:
@@ -153,7 +165,7 @@ def _encode_value(key: str, value: Any, prefix: str, writer: _Writer, name: str)
                            "shape": list(value.shape)}}  # fmt: skip
     if key in MODEL_KEYS:
         framework = framework_of(value)
-        if framework == "callable":
+        if framework == "callable" and not _is_onnx(value):
             entry = {"name": key, "framework": "callable", "format": "none", "files": [],
                      "class": _callable_description(value)}  # fmt: skip
             return {"$model": {"dir": prefix.rstrip("/"), "entry": entry}}
@@ -309,6 +321,24 @@ def _decode_model(key: str, ref: Any, reader: Reader, given: dict[str, Any]) -> 
         if not callable(model):
             raise TypeError(f"{key} must be callable, got {describe(model)}")
         return model
+    if framework == "onnx":
+        names = entry.get("files")
+        if set(entry) != {"name", "framework", "format", "files"} or not (
+            isinstance(names, list) and len(names) == 1 and isinstance(names[0], str)
+        ):
+            raise files.DetectorFormatError(f"{where}: the ONNX {key} entry is malformed")
+        from ..backends import onnx
+
+        directory = (
+            safe_path(reader.data_dir, f"{ref['dir']}/x", where).parent
+            if ref["dir"]
+            else reader.data_dir
+        )
+        checked = {**entry, "checksums": reader.checksums(ref["dir"], names)}
+        try:
+            return onnx.load_teacher(directory, checked)
+        except ImportError as err:
+            raise ValueError(f"loading the saved {key} needs {err}") from err
     if framework not in BACKENDS:
         raise files.DetectorFormatError(
             f"{where}: models[{key!r}] has unknown framework {framework!r}; expected one of "
