@@ -105,9 +105,7 @@ def test_pretrained_and_teacher_are_exclusive(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_user_numpy_data_trains_sized_models_and_caches_by_content(
-    tmp_path, digits_folder, capsys
-):
+def test_user_numpy_data_trains_sized_models_and_caches_by_content(tmp_path, digits_folder, capsys):
     out, cache = tmp_path / "out", tmp_path / "cache"
     args = ["experiment", "--data", str(digits_folder), "--cache-dir", str(cache), *SMALL]
     args += ["--teacher-epochs", "3", "--student-epochs", "2", "--out", str(out)]
@@ -232,4 +230,8 @@ def test_data_and_dataset_conflict_is_one_line(tmp_path, digits_folder, capsys):
 
 def test_quick_config_with_pretrained_sets_no_training_field():
     cfg = hd.quick_config(pretrained=True).validate()
-    assert cfg.pretrained and cfg.n_train is None and cfg.student_epochs == StudyConfig().student_epochs
+    assert (
+        cfg.pretrained
+        and cfg.n_train is None
+        and cfg.student_epochs == StudyConfig().student_epochs
+    )
