@@ -349,3 +349,21 @@ def test_robust_recipe_keeps_harmless_contamination_at_p_val(robust_study):
         assert rate <= bound, (fraction, rate, bound)
     harmful = detection_flags(robust_study, "harmful", (0.2, 0.3), ("greater",))["greater"]
     assert harmful[0].mean() > 0.8 and harmful[1].mean() > 0.95, harmful.mean(axis=1)
+
+
+@pytest.mark.parametrize("alternative", ["two-sided", "greater"])
+@pytest.mark.parametrize(
+    "m, n, ties", [(1000, 100, False), (50, 50, True), (30, 80, True), (1000, 10, False)]
+)
+def test_study_ks_on_many_batches_is_ksdrifts(alternative, m, n, ties):
+    """The study's vectorised KS (stages._ks_batches) gives KSDrift's p-values, ties included."""
+    from distilldetect.experiments.stages import _ks_batches
+
+    rng = np.random.default_rng(m + n)
+    ref = rng.normal(size=m)
+    batches = rng.normal(loc=0.3, size=(25, n))
+    if ties:
+        ref, batches = np.round(ref, 1), np.round(batches, 1)
+    cd = KSDrift(ref, p_val=P_VAL, alternative=alternative)
+    expected = np.array([cd.score(b)[0][0] for b in batches])
+    np.testing.assert_array_equal(_ks_batches(ref, batches, alternative), expected)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest, ks_2samp
+from scipy.stats import binomtest
 from tqdm.auto import tqdm
 
 from ..ad import ModelDistillation
@@ -697,12 +697,60 @@ def _features(pool: Pool) -> dict[str, np.ndarray]:
     }
 
 
+#: ``kstwo.sf(d, n)`` by ``(d, n)``: the statistic takes few distinct values (``i/m - j/n``) and
+#: SciPy's exact Kolmogorov distribution costs ~2 ms a value, so each is computed once.
+_KSTWO_SF: dict[tuple[float, int], float] = {}
+
+
+def _kstwo_sf(d: np.ndarray, n: int) -> np.ndarray:
+    """``scipy.stats.kstwo.sf(d, n)``, elementwise, each distinct value computed once."""
+    from scipy.stats import kstwo
+
+    if len(_KSTWO_SF) > 200_000:
+        _KSTWO_SF.clear()
+    uniq, inverse = np.unique(d, return_inverse=True)
+    missing = [v for v in uniq.tolist() if (v, n) not in _KSTWO_SF]
+    if missing:
+        for v, p in zip(missing, np.atleast_1d(kstwo.sf(np.array(missing), n)), strict=True):
+            _KSTWO_SF[(v, n)] = float(p)
+    return np.array([_KSTWO_SF[(v, n)] for v in uniq.tolist()])[inverse.reshape(d.shape)]
+
+
 def _ks_batches(ref: np.ndarray, batches: np.ndarray, alternative: str) -> np.ndarray:
     """SciPy's ``ks_2samp(ref, batch, alternative, method='asymp')`` p-value of every row of
-    ``batches`` — what ``KSDrift(ref, alternative=...).score(batch)`` returns, in one call."""
-    refs = np.broadcast_to(ref, (len(batches), len(ref)))
-    res = ks_2samp(refs, batches, alternative=alternative, method="asymp", axis=1)
-    return np.asarray(res.pvalue, dtype=np.float64)
+    ``batches`` — what ``KSDrift(ref, alternative=...).score(batch)`` returns — in one pass.
+
+    SciPy's ``axis=`` runs its test row by row (1.6 ms a row here, most of the study's drift
+    time); the statistic is computed here for all rows at once from one sort of the pooled
+    values (the empirical CDFs evaluated after each run of equal values, as SciPy's
+    ``searchsorted(..., side='right')`` does), and the p-value with SciPy's own asymptotic
+    formulas. ``tests/test_harmful_drift.py`` checks both agree (ties included).
+    """
+    batches = np.asarray(batches, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    n_batches, n = batches.shape
+    m = len(ref)
+    pooled = np.concatenate([np.broadcast_to(ref, (n_batches, m)), batches], axis=1)
+    order = np.argsort(pooled, axis=1, kind="stable")
+    values = np.take_along_axis(pooled, order, axis=1)
+    from_ref = order < m
+    diff = np.cumsum(from_ref, axis=1) / m - np.cumsum(~from_ref, axis=1) / n
+    last = np.ones(values.shape, dtype=bool)  # the last of each run of equal values
+    last[:, :-1] = values[:, 1:] != values[:, :-1]
+    max_s = np.where(last, diff, -np.inf).max(axis=1)
+    min_s = np.clip(-np.where(last, diff, np.inf).min(axis=1), 0, 1)
+    big, small = sorted([float(m), float(n)], reverse=True)
+    en = big * small / (big + small)
+    if alternative == "two-sided":
+        prob = _kstwo_sf(np.maximum(min_s, max_s), int(np.round(en)))
+    elif alternative == "greater":
+        z = np.sqrt(en) * max_s
+        prob = np.exp(
+            -2 * z**2 - 2 * z * (big + 2 * small) / np.sqrt(big * small * (big + small)) / 3.0
+        )
+    else:
+        raise ValueError(f"alternative must be 'two-sided' or 'greater', got {alternative!r}")
+    return np.clip(np.asarray(prob, dtype=np.float64), 0, 1)
 
 
 class _BatchTests:
