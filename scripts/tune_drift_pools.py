@@ -24,6 +24,7 @@ from distilldetect import ModelDistillation, predict_batch
 from distilldetect.augment import make_augment_fn
 from distilldetect.backends import get_backend
 from distilldetect.experiments import harmful_drift as hd
+from distilldetect.experiments import stages
 from distilldetect.models import build_model
 
 # (name, zoo builder, kwargs, model seed, fit seed)
@@ -49,10 +50,12 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     cfg = hd.StudyConfig(eval_split="validation", n_eval=args.n_eval, verbose=False, seed=0)
     t0 = time.perf_counter()
-    x_train_u8, y_train, x_eval_u8, y_eval, split = hd._load_data(cfg)
-    x_train, x_eval = hd.to_model_input(x_train_u8), hd.to_model_input(x_eval_u8)
-    teacher, how = hd._get_teacher(cfg, x_train, y_train)
-    p_eval = predict_batch(x_eval, teacher, batch_size=512)
+    data = stages.load_data(cfg)
+    x_train, x_eval, x_eval_u8, y_eval = data.x_train, data.x_eval, data.x_eval_u8, data.y_eval
+    split = data.split
+    teacher_stage = stages.get_teacher(cfg, data)
+    teacher, how = teacher_stage.model, teacher_stage.how
+    p_eval = teacher_stage.probs_eval
     print(f"teacher {how}: accuracy {np.mean(p_eval.argmax(1) == y_eval):.4f}", flush=True)
     corruptions = cfg.corruption_list()
     rows = np.stack(
@@ -65,7 +68,7 @@ def main() -> None:
     corrupted: dict[int, np.ndarray] = {}
     for severity in cfg.severities:
         xs = [
-            hd.to_model_input(hd._corrupted(cfg, x_eval_u8, rows[i], c, severity, False))
+            stages.to_model_input(stages._corrupted(cfg, x_eval_u8, rows[i], c, severity, False))
             for i, c in enumerate(corruptions)
         ]
         corrupted[severity] = np.concatenate(xs)
