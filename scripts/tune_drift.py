@@ -317,6 +317,8 @@ def main() -> None:
     variants = score_variants(pools)
     if args.scores:
         variants = {k: variants[k] for k in args.scores.split(",")}
+    elif not args.calib:  # class-calibrated scores need calibration rows
+        variants = {k: v for k, v in variants.items() if not k.endswith("_classcal")}
     tests = make_tests(N_REF, args.sims)
     if args.tests:
         tests = {k: tests[k] for k in args.tests.split(",")}
