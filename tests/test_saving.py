@@ -644,7 +644,7 @@ M = ["detector", "config", "model", "$model", "entry"]
         (_set(["detector", "config", "extra"], 1), r"unknown keys \['extra'\]"),
         (_set(["files", 0, "file"], "../det/model.safetensors"), r"not an allowed file name"),
         (_set(["files", 0, "file"], "/etc/passwd"), r"not an allowed file name"),
-        (_set([*M, "framework"], "onnx"), r"unknown framework 'onnx'"),
+        (_set([*M, "framework"], "jax"), r"unknown framework 'jax'"),
         (_set([*M, "architecture", "builder"], "os.system"), r"cannot rebuild model: .*os\.system"),
         (_set([*M, "architecture", "kwargs", "hidden"], [10**7]), r"asks for more units than"),
         (
