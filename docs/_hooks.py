@@ -1,5 +1,11 @@
-"""MkDocs hook of the documentation site: Sphinx cross-reference roles in docstrings.
+"""MkDocs hooks of the documentation site: Sphinx roles in docstrings, and the tutorial page.
 
+**The tutorial.** ``docs/tutorial/fashion_mnist.py`` is a Jupytext percent-format script (the
+source of truth, executed by ``tests/test_docs.py``). :func:`on_files` converts it to Markdown
+with Jupytext at every build and adds it as the page ``tutorial/fashion_mnist.md``: no
+generated copy is committed, so page and script cannot drift apart.
+
+**Sphinx roles.**
 The package's docstrings are numpy-style and name other objects with Sphinx roles
 (``:func:`load_detector```, ``:class:`~distilldetect.ModelDistillation```). Markdown has no
 such roles, so this hook adds a small Markdown extension (to the site's pages and to the
@@ -13,11 +19,16 @@ from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
 
 from markdown import Extension, Markdown
 from markdown.inlinepatterns import InlineProcessor
 from markdown.preprocessors import Preprocessor
 from mkdocs.plugins import event_priority
+from mkdocs.structure.files import File, Files
+
+#: Jupytext scripts rendered as pages: script (under docs/) -> page
+TUTORIALS = {"tutorial/fashion_mnist.py": "tutorial/fashion_mnist.md"}
 
 # :role:`target`, :role:`~a.b.target`, :role:`title <target>`; role may carry a domain (py:func)
 ROLE_RE = r":(?:py:)?(?:func|class|meth|mod|attr|data|exc|obj|const|ref|term):`([^`]+)`"
@@ -67,3 +78,21 @@ class SphinxRolesExtension(Extension):
 def on_config(config):
     config.markdown_extensions.append(SphinxRolesExtension())
     return config
+
+
+def tutorial_markdown(script: str | Path) -> str:
+    """A Jupytext percent-format script as Markdown (its metadata header dropped)."""
+    import jupytext
+
+    notebook = jupytext.read(str(script))
+    notebook.metadata = {}
+    return jupytext.writes(notebook, fmt="md").lstrip()
+
+
+def on_files(files: Files, config) -> Files:
+    docs_dir = Path(config.docs_dir)
+    for script, page in TUTORIALS.items():
+        generated = File.generated(config, page, content=tutorial_markdown(docs_dir / script))
+        generated.edit_uri = script  # "edit" links point at the script
+        files.append(generated)
+    return files
