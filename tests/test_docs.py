@@ -124,6 +124,18 @@ def test_getting_started_is_the_readme_quickstart():
     assert match.group(1) == quickstart_block()
 
 
+@pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST (Debian package) not installed")
+def test_getting_started_pretrained_block_runs(capsys):
+    pytest.importorskip("torch")
+    page = (DOCS / "getting-started.md").read_text(encoding="utf-8")
+    match = re.search(r"## A pretrained detector\n.*?```python\n(.*?)```", page, re.S)
+    assert match, "getting-started.md has no pretrained-detector block"
+    exec(compile(match.group(1), "getting-started.md", "exec"), {"__name__": "__main__"})
+    flagged, info = capsys.readouterr().out.splitlines()[:2]
+    assert 0.02 <= float(flagged) <= 0.1  # the page says "about 0.05"
+    assert "teacher_test_accuracy" in info
+
+
 def test_readme_points_at_the_docs():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Documentation\n", 1)[1].split("\n## ", 1)[0]
