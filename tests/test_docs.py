@@ -78,6 +78,7 @@ def test_site_builds_strictly_with_every_page(site):
         ("datasets", ["load_fashion_mnist", "fetch_cifar10c", "load_user_data"]),
         ("corruptions", ["corrupt", "get_corruption_names", "severity"]),
         ("plotting", ["plot_scores_by_severity", "plot_detection_rates"]),
+        ("experiments", ["run", "StudyConfig", "drift_test", "StudyResults"]),
         ("serve", ["create_app", "ServeConfig"]),
         ("batch", ["score_files", "ScoreSummary", "drift_window"]),
         ("utils", ["predict_batch", "scale_by_instance"]),
