@@ -242,16 +242,15 @@ def load_detector(filepath: str | os.PathLike, **kwargs: Any) -> Any:
         the same architecture, into which the saved weights are loaded in place). When given
         for a saved zoo model, the weights are loaded into it instead of a rebuilt model.
     distilled_model
-        (keyword) The student, likewise: required for a student outside the model zoo.
+        (keyword) The student, likewise: required for a student outside the model zoo. For a
+        saved KSDrift whose ``preprocess_fn`` is a ModelDistillation's score, ``model`` and
+        ``distilled_model`` go to that ModelDistillation.
     preprocess_fn
         (keyword) Only for a KSDrift saved by alibi-detect whose ``preprocess_fn`` it pickled
         (a function is code, which is never loaded): the function to use instead, e.g.
         ``ad.score``; the keyword arguments alibi-detect saved with it are bound to it.
     enable_unsafe_loading
         (keyword) Accepted for compatibility with alibi-detect; ``True`` is refused.
-
-    For a saved KSDrift whose ``preprocess_fn`` is a ModelDistillation's score, ``model`` and
-    ``distilled_model`` go to that ModelDistillation.
 
     Returns
     -------
