@@ -87,8 +87,58 @@ def test_keras_file_in_safe_mode(digits, tmp_path):
     np.testing.assert_allclose(loaded(X, training=False), model(X, training=False), rtol=1e-6)
     lam = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda x: x * 2)])
     lam.save(tmp_path / "lambda.keras")
-    with pytest.raises(ValueError, match="safe mode"):
+    with pytest.raises(ValueError, match="Lambda layer holds Python code"):
         load_classifier(tmp_path / "lambda.keras")
+
+
+def _rewrite_keras(src, dst, change):
+    """A copy of the .keras archive ``src`` with its config.json changed by ``change(config)``."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename == "config.json":
+                config = json.loads(data)
+                change(config)
+                data = json.dumps(config).encode()
+            zout.writestr(info, data)
+
+
+def _dense_configs(config):
+    todo, out = [config], []
+    while todo:
+        v = todo.pop()
+        if isinstance(v, list):
+            todo.extend(v)
+        elif isinstance(v, dict):
+            if v.get("class_name") == "Dense":
+                out.append(v["config"])
+            todo.extend(v.values())
+    return out
+
+
+@pytest.mark.parametrize(
+    "units, message",
+    [(10**9, "asks for units=1000000000, more than 1048576"), (500_000, "declares at least")],
+)
+def test_keras_file_with_absurd_architecture_is_refused_before_building(tmp_path, units, message):
+    """A .keras config asking for layers far larger than its weights is refused before Keras
+    allocates them (a hand-edited or hostile file)."""
+    pytest.importorskip("keras")
+    model = build_model("mlp", "tensorflow", input_shape=(8, 8), num_classes=10, hidden=(8,))
+    model.save(tmp_path / "teacher.keras")
+
+    def widen(config):
+        _dense_configs(config)[-1]["units"] = units
+
+    _rewrite_keras(tmp_path / "teacher.keras", tmp_path / "wide.keras", widen)
+    with pytest.raises(ValueError, match=message):
+        load_classifier(tmp_path / "wide.keras")
+    (tmp_path / "zip.keras").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a zip file"):
+        load_classifier(tmp_path / "zip.keras")
 
 
 @pytest.mark.parametrize("name", ["model.pt", "model.pkl", "model.h5"])

@@ -649,6 +649,91 @@ def load_h5(
     return loaded
 
 
+#: Largest width a layer of a user's ``.keras`` model may ask for (units, filters, ...): a
+#: larger one would have Keras allocate its weights before a byte of them is read.
+MAX_KERAS_WIDTH: int = 2**20
+#: Largest number of parameters a ``.keras`` model's layers may declare, per byte of weights
+#: the archive holds (float16 weights hold 0.5 parameters per byte; 1 leaves room).
+_PARAMS_PER_WEIGHT_BYTE = 1.0
+_WIDTH_KEYS = ("units", "filters", "output_dim", "input_dim", "num_heads", "key_dim", "value_dim")
+_MAX_KERAS_CONFIG_BYTES = 64 * 2**20
+
+
+def _check_keras_archive(data: bytes, path: Path) -> None:
+    """Bound a ``.keras`` archive before Keras builds anything from it: a zip whose members
+    unpack to a bounded size, a ``config.json`` without code layers, no layer wider than
+    :data:`MAX_KERAS_WIDTH`, and no Dense / Conv / Embedding layer declaring more weights than
+    the archive's weights file can hold."""
+    import io
+    import json
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = {info.filename: info for info in archive.infolist()}
+    except zipfile.BadZipFile:
+        raise ValueError(f"{path} is not a .keras archive (not a zip file)") from None
+    unpacked = sum(info.file_size for info in members.values())
+    if unpacked > 2**34:
+        raise ValueError(f"{path} unpacks to {unpacked} bytes (more than 16 GiB): refused")
+    config_info = members.get("config.json")
+    if config_info is None:
+        raise ValueError(f"{path} is not a .keras archive: it has no config.json")
+    if config_info.file_size > _MAX_KERAS_CONFIG_BYTES:
+        raise ValueError(f"{path}: its config.json is {config_info.file_size} bytes: refused")
+    try:
+        config = json.loads(archive.read("config.json"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: its config.json is not valid JSON ({err})") from None
+    _check_h5_layers(config, path, "model")
+    weight_bytes = sum(info.file_size for name, info in members.items() if name.endswith(".h5"))
+    declared = 0
+    todo: list[Any] = [config]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, list):
+            todo.extend(value)
+            continue
+        if not isinstance(value, dict):
+            continue
+        cfg = value.get("config")
+        if isinstance(cfg, dict) and isinstance(value.get("class_name"), str):
+            declared += _declared_params(value["class_name"], cfg, path)
+        todo.extend(value.values())
+    if declared > max(weight_bytes * _PARAMS_PER_WEIGHT_BYTE, 2**16):
+        raise ValueError(
+            f"{path} declares at least {declared} parameters but holds {weight_bytes} bytes of "
+            "weights: refused (building it would allocate what the file cannot fill)"
+        )
+
+
+def _declared_params(cls: str, cfg: dict[str, Any], path: Path) -> int:
+    """A lower bound of a layer's parameters from its own config (widths checked on the way)."""
+    for key in _WIDTH_KEYS:
+        width = cfg.get(key)
+        if isinstance(width, int) and not isinstance(width, bool) and width > MAX_KERAS_WIDTH:
+            raise ValueError(
+                f"{path}: layer {cfg.get('name')!r} ({cls}) asks for {key}={width}, more than "
+                f"{MAX_KERAS_WIDTH}: refused"
+            )
+    kernel = cfg.get("kernel_size")
+    taps = 1
+    if isinstance(kernel, int):
+        taps = kernel
+    elif isinstance(kernel, list) and all(isinstance(k, int) for k in kernel):
+        for k in kernel:
+            taps *= k
+    if cls == "Embedding":
+        dims = [cfg.get("input_dim"), cfg.get("output_dim")]
+        if all(isinstance(d, int) for d in dims):
+            return dims[0] * dims[1]
+    for key in ("units", "filters"):
+        width = cfg.get(key)
+        if isinstance(width, int) and width > 0:
+            return width * max(taps, 1)  # at least one input channel per output unit
+    return 0
+
+
 def load_keras_file(path: str | Path) -> Any:
     """A user's ``.keras`` model file, loaded in Keras' safe mode (no Lambda code), not compiled.
 
@@ -657,7 +742,9 @@ def load_keras_file(path: str | Path) -> Any:
     Raises
     ------
     ValueError
-        If the file is not a ``.keras`` archive or safe mode refuses it (the message says why).
+        If the file is not a ``.keras`` archive, declares layers wider than
+        :data:`MAX_KERAS_WIDTH` or more weights than it holds, holds code layers, or safe mode
+        refuses it (the message says why).
 
     Examples
     --------
@@ -668,6 +755,7 @@ def load_keras_file(path: str | Path) -> Any:
         raise ValueError(f"{path} is not a .keras file (Keras 3's archive format)")
     _check_keras_version()
     data = files.read_limited(path, 2**34, "a Keras model")
+    _check_keras_archive(data, path)
     with tempfile.TemporaryDirectory(prefix="distilldetect-keras-") as tmp:
         copy = Path(tmp) / "model.keras"
         copy.write_bytes(data)
