@@ -72,7 +72,7 @@ NORMS: tuple[str, ...] = ("linf", "l2")
 
 def check_attack_names(names: Any, name: str = "attacks") -> list[str]:
     """Check a list of attack names (of :data:`ATTACKS`)."""
-    if isinstance(names, str) or not isinstance(names, Sequence):
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
         raise TypeError(f"{name} must be a list of attack names, got {describe(names)}")
     unknown = [a for a in names if a not in ATTACKS]
     if unknown or not names:

@@ -116,7 +116,7 @@ class AdversarialConfig:
         """Check every setting; raise ValueError/TypeError with a one-line message."""
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {list(DATASETS)}, got {self.dataset!r}")
-        self.attacks = attack_lib.check_attack_names(list(self.attacks))
+        self.attacks = attack_lib.check_attack_names(self.attacks)
         for name in ("eps", "lambdas", "adaptive_eps"):
             values = getattr(self, name)
             if values is None:

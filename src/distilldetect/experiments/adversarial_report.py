@@ -165,7 +165,8 @@ def plot_examples(examples: dict[str, Any], per_attack: int = 2) -> Any:
             ((clean, "clean"), (adv, "adversarial"), (diff, f"difference (eps={ex['eps']:g})"))
         ):
             ax = axes[r, c]
-            ax.imshow(_show(img), cmap="gray" if gray else None, vmin=0, vmax=1)
+            shown = _show(img) if c < 2 else np.clip(img / (2 * ex["eps"]) + 0.5, 0, 1)
+            ax.imshow(shown, cmap="gray" if gray else None, vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
