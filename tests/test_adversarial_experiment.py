@@ -61,7 +61,9 @@ def test_quick_end_to_end(tmp_path, capsys):
             assert set(e) == ENTRY_KEYS, name
             assert _rate(e["attack_success_rate"])
             assert isinstance(e["n_adversarial"], int) and 0 <= e["n_adversarial"] <= 100
-            assert set(e["auroc"]) == set(e["tpr_at_fpr"]) == {"distillation", "entropy", "max_prob"}
+            assert (
+                set(e["auroc"]) == set(e["tpr_at_fpr"]) == {"distillation", "entropy", "max_prob"}
+            )
             assert all(_rate(v) for v in [*e["auroc"].values(), *e["tpr_at_fpr"].values()])
             if e["n_adversarial"]:
                 assert e["mean_linf"] <= 0.5 + 1e-5 and e["mean_l2"] > 0
