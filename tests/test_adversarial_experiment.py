@@ -72,7 +72,7 @@ def test_quick_end_to_end(tmp_path, capsys):
         e = data["attacks"][name][0]
         assert e["attack_success_rate"] > 0.8, name
         assert e["auroc"]["distillation"] > 0.7, name
-    assert [(e["eps"], e["lambda"]) for e in data["adaptive"]] == [(0.5, 0.0), (0.5, 10.0)]
+    assert [(e["eps"], e["lambda"]) for e in data["adaptive"]] == [(0.5, 0.0), (0.5, 0.1)]
     for e in data["adaptive"]:
         assert set(e) == ADAPTIVE_KEYS
         assert _rate(e["undetected_success_rate"]) and _rate(e["attack_success_rate"])
@@ -80,7 +80,7 @@ def test_quick_end_to_end(tmp_path, capsys):
     d = data["defence"]
     assert d["n_students"] == 2 and d["n_surrogates"] == 1 and d["eps"] == 0.5
     for key in ("gray_box", "white_box"):
-        assert [e["lambda"] for e in d[key]] == [0.0, 10.0]
+        assert [e["lambda"] for e in d[key]] == [0.0, 0.1]
         assert all(set(e) == ADAPTIVE_KEYS for e in d[key])
     for name in (
         "report.md",

@@ -160,7 +160,8 @@ def test_adaptive_attack_lowers_the_score_relative_to_plain_pgd(digits, detector
     assert ok_adaptive.mean() > 0.2
     s_plain = detector.score(plain)[ok_plain]
     s_adaptive = detector.score(adaptive)[ok_adaptive]
-    assert np.median(s_adaptive) < 0.5 * np.median(s_plain)
+    assert np.median(s_adaptive) < 0.8 * np.median(s_plain)
+    assert s_adaptive.mean() < 0.8 * s_plain.mean()
     assert np.abs(adaptive - x).max() <= eps * (1 + 1e-5)
     # the student's weights, gradients and flags are untouched
     params = list(detector.distilled_model.parameters())
@@ -218,5 +219,9 @@ def test_adaptive_argument_errors(digits, detector):
         attacks.adaptive_pgd(net, [lambda v: v], x, y, 0.1, verbose=False)
     with pytest.raises(ValueError, match="loss_type"):
         attacks.adaptive_pgd(net, s, x, y, 0.1, loss_type="mse", verbose=False)
+    with pytest.raises(ValueError, match="objective must be 'margin' or 'ce'"):
+        attacks.adaptive_pgd(net, s, x, y, 0.1, objective="kl", verbose=False)
+    with pytest.raises(ValueError, match="kappa must be a number > 0"):
+        attacks.adaptive_pgd(net, s, x, y, 0.1, kappa=0.0, verbose=False)
     with pytest.raises(ValueError, match="unknown attack"):
         attacks.check_attack_names(["fgsm", "deepfool"])

@@ -317,6 +317,8 @@ def adaptive_pgd(
     temperature: float = 1.0,
     loss_type: str = "kld",
     reduce: str = "mean",
+    objective: str = "margin",
+    kappa: float = 2.0,
     norm: str = "linf",
     steps: int = 40,
     step_size: float | None = None,
@@ -326,7 +328,12 @@ def adaptive_pgd(
     batch_size: int = 256,
     verbose: bool = True,
 ) -> np.ndarray:
-    """The adaptive attack: PGD on ``CE(teacher(x'), y) - lam * score(x')``.
+    """The adaptive attack: PGD on ``L(teacher(x'), y) - lam * score(x')``.
+
+    ``objective='margin'`` (default): ``L = min(max_{j!=y} Z_j - Z_y, kappa)`` on the teacher's
+    logits, so that once an image is fooled by a margin ``kappa`` only the score term pulls;
+    ``objective='ce'``: ``L`` is the cross-entropy (which keeps growing and, for ``lam`` large
+    enough to matter, mostly stops the attack from fooling the teacher at all).
 
     ``score`` is the detector's distillation score (``loss_type``, ``temperature``) of the
     student, or the mean (``reduce='mean'``) or max of the students' scores for an ensemble.
@@ -369,6 +376,10 @@ def adaptive_pgd(
         raise ValueError(f"loss_type must be one of {list(LOSS_TYPES)}, got {loss_type!r}")
     if reduce not in ("mean", "max"):
         raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
+    if objective not in ("margin", "ce"):
+        raise ValueError(f"objective must be 'margin' or 'ce', got {objective!r}")
+    if isinstance(kappa, bool) or not isinstance(kappa, numbers.Real) or not kappa > 0:
+        raise ValueError(f"kappa must be a number > 0, got {describe(kappa)}")
     return backend.attacks.pgd(
         model,
         x,
@@ -387,5 +398,6 @@ def adaptive_pgd(
         temperature=float(temperature),
         loss_type=loss_type,
         reduce=reduce,
+        kappa=float(kappa) if objective == "margin" else None,
         desc=f"Adaptive PGD (lambda={lam:g})",
     )

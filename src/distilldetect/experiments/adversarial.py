@@ -15,7 +15,8 @@ Stages (each timed, with progress bars unless ``verbose=False``):
    AUROC of successful adversarials against the same images clean, for the distillation score
    and the teacher's uncertainty (entropy, 1 - max probability), and TPR at the held-out
    thresholds;
-5. ``adaptive``: PGD on ``CE(teacher) - lambda * score`` at every (eps, lambda); the attacker's
+5. ``adaptive``: PGD on ``min(margin, kappa) - lambda * score`` (:func:`~distilldetect.attacks.
+   adaptive_pgd`) at every (eps, lambda); the attacker's
    real success is ``undetected_success_rate``: fooled teacher AND score under the threshold;
 6. ``defence``: an ensemble of students with secret seeds (score = mean of their scores),
    attacked gray-box (the attacker trains surrogate students of the same architecture with
@@ -97,7 +98,7 @@ class AdversarialConfig:
     blackbox_steps: int = 1000
     adaptive_steps: int = 40
     adaptive_eps: Sequence[float] | None = None  # None: the same as eps
-    lambdas: Sequence[float] = (0.0, 1.0, 10.0, 100.0)
+    lambdas: Sequence[float] = (0.0, 0.01, 0.1, 1.0, 10.0)
     n_students: int = 3  # ensemble defence: secret students (0: no defence section)
     n_surrogates: int = 3  # the gray-box attacker's own students
     ensemble_n_train: int = 20000
@@ -217,7 +218,7 @@ def quick_adversarial_config(**overrides: Any) -> AdversarialConfig:
         "cw_binary_steps": 2,
         "blackbox_steps": 150,
         "adaptive_steps": 10,
-        "lambdas": [0.0, 10.0],
+        "lambdas": [0.0, 0.1],
         "n_students": 2,
         "n_surrogates": 1,
         "ensemble_n_train": 3000,
@@ -597,6 +598,7 @@ def run(config: AdversarialConfig | None = None, **overrides: Any) -> dict[str, 
             "pgd": {"norm": "linf", "steps": cfg.pgd_steps, "step_size": "2.5 * eps / steps"},
             "blackbox": "SimBA, pixel basis, L-inf (distilldetect.attacks.simba)",
             "cw": "Carlini-Wagner L2 with |d| <= eps per pixel (distilldetect.attacks)",
+            "adaptive_objective": "min(max_{j!=y} Z_j - Z_y, 2) - lambda * score, PGD L-inf",
         },
         "fpr": cfg.fpr,
         "attacks": results_attacks,

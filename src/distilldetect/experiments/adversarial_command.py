@@ -69,7 +69,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--lambdas",
         type=_floats,
         default=None,
-        help="adaptive attack's score weights (default 0,1,10,100; --quick: 0,10)",
+        help="adaptive attack's score weights (default 0,0.01,0.1,1,10; --quick: 0,0.1)",
     )
     p.add_argument(
         "--n-eval", type=int, default=None, help="images attacked (default 1000; --quick: 100)"

@@ -223,7 +223,7 @@ def render_markdown(results: dict[str, Any], figures: list[str]) -> str:
         lines += [
             "## Adaptive attack (white-box, single student)",
             "",
-            "PGD on CE(teacher) - lambda * score; each image keeps its least suspicious "
+            "PGD on min(logit margin, 2) - lambda * score; each image keeps its least suspicious "
             "fooling iterate. Undetected success: fools the teacher and scores under the "
             "threshold.",
             "",

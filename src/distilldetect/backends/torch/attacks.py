@@ -105,9 +105,14 @@ def pgd(
     temperature: float = 1.0,
     loss_type: str = "kld",
     reduce: str = "mean",
+    kappa: float | None = None,
     desc: str = "PGD",
 ) -> np.ndarray:
     """Projected gradient ascent of ``CE(model(x'), y) - lam * score(x')`` in the eps ball.
+
+    With ``kappa``, the first term is the hinged logit margin ``min(max_{j!=y} Z_j - Z_y,
+    kappa)`` instead of the cross-entropy: once an image is fooled by ``kappa``, only the score
+    term pulls (the loss of Carlini & Wagner's attacks on detectors).
 
     FGSM is ``steps=1, step_size=eps, random_start=False, norm='linf'``. With ``students``
     (the adaptive attack), each image keeps the iterate with the lowest score among those that
@@ -143,7 +148,13 @@ def pgd(
                 delta.requires_grad_(True)
                 xa = xb + delta
                 logits = logits_of(xa)
-                objective = torch.nn.functional.cross_entropy(logits, yb, reduction="none")
+                if kappa is None:
+                    objective = torch.nn.functional.cross_entropy(logits, yb, reduction="none")
+                else:
+                    true = logits.gather(1, yb[:, None])[:, 0]
+                    mask = torch.nn.functional.one_hot(yb, logits.shape[1]).bool()
+                    other = logits.masked_fill(mask, float("-inf")).amax(1)
+                    objective = (other - true).clamp(max=kappa)
                 if adaptive:
                     log_p = torch.log_softmax(logits, dim=-1)
                     score = _student_score(log_p, students, xa, temperature, loss_type, reduce)
