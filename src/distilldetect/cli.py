@@ -5,6 +5,7 @@
     distilldetect fetch fashion_mnist|cifar10|cifar10c [--data-dir DIR] [--corruption NAME ...]
     distilldetect serve DETECTOR_DIR [--host 127.0.0.1] [--port 8000] [--token-file FILE] ...
     distilldetect score DETECTOR_DIR INPUT OUTPUT [--engine local|ray] [--drift-window N] ...
+    distilldetect adversarial [--attacks fgsm,pgd,cw,blackbox,adaptive] [--eps LIST] [--quick] ...
     distilldetect --version
 
 Errors in arguments or data are reported as one line on stderr with exit status 2, before any
@@ -311,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .batch import command as batch_command
 
     batch_command.add_parser(sub)
+    from .experiments import adversarial_command
+
+    adversarial_command.add_parser(sub)
     _polish(parser)
     return parser
 
@@ -499,9 +503,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .batch import command as batch_command
 
             return batch_command.run(args)
+        if args.command == "adversarial":
+            from .experiments import adversarial_command
+
+            return adversarial_command.run(args)
         return _fetch(args)
     except (ValueError, TypeError, OSError) as err:
-        if args.command in ("experiment", "score"):
+        if args.command in ("experiment", "score", "adversarial"):
             raise  # after the preflight: a real failure, keep its traceback
         return _error(err)
     except KeyboardInterrupt:

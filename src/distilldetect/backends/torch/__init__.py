@@ -4,11 +4,13 @@
   loss in torch, :func:`~.runtime.preserve_modes`, supervised training of a teacher;
 * :mod:`.models` — the model zoo (ResNet-20, the seed's student, a CNN, an MLP);
 * :mod:`.io` — weights as safetensors, zoo architectures rebuilt by name, never pickle;
+* :mod:`.attacks` — FGSM, PGD, Carlini-Wagner L2 and the adaptive PGD, by gradients;
 * :mod:`.fast` — optional CPU speed-ups that keep outputs equal up to float rounding.
 """
 
 from __future__ import annotations
 
+from . import attacks
 from .io import load_model, load_weights_file, save_model
 from .models import build as build_model
 from .runtime import (
@@ -29,6 +31,7 @@ FRAMEWORK = "pytorch"
 
 __all__ = [
     "FRAMEWORK",
+    "attacks",
     "Trainer",
     "build_model",
     "distillation_loss",
