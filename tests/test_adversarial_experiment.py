@@ -145,14 +145,15 @@ def test_black_box_teacher_refuses_gradient_attacks_naming_them(tmp_path):
 
 @needs_data
 def test_a_saved_detector_folder_as_teacher(tmp_path):
-    from distilldetect.fetching import pretrained_path
+    from distilldetect.fetching import pretrained_info, pretrained_path
 
     out = tmp_path / "t"
     argv = ["adversarial", "--quick", "-q", "--out", str(out), "--teacher", str(pretrained_path())]
     assert main([*argv, "--attacks", "fgsm,adaptive", "--students", "1"]) == 0
     data = json.loads((out / "results.json").read_text())
     assert data["config"]["detector"].startswith("saved detector")
-    assert data["defence"]["students"]["architecture"]["name"] == "distilled_model_cifar10"
+    shipped_student = pretrained_info()["recipe"]["student"]["builder"]
+    assert data["defence"]["students"]["architecture"]["name"] == shipped_student
     assert set(data["attacks"]) == {"fgsm"} and len(data["adaptive"]) == 2
 
 
