@@ -58,6 +58,26 @@ def digits_teacher(digits):
 
 
 @pytest.fixture
+def digits_onnx(digits_teacher, tmp_path):
+    """The digits teacher exported by ``torch.onnx`` (8x8 float inputs, a batch axis):
+    ``tmp_path / 'teacher.onnx'``."""
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    path = tmp_path / "teacher.onnx"
+    torch.onnx.export(
+        digits_teacher.eval(),
+        (torch.zeros(2, 8, 8),),
+        str(path),
+        input_names=["x"],
+        output_names=["p"],
+        dynamic_axes={"x": {0: "n"}, "p": {0: "n"}},
+        dynamo=False,
+    )
+    return path
+
+
+@pytest.fixture
 def make_student():
     """Factory of small, seeded torch students for 8x8 digits."""
     import torch

@@ -79,7 +79,6 @@ def test_pretrained_study_trains_nothing_and_saves_its_detector(tmp_path, capsys
     assert res["config"]["student"] == pretrained_info()["recipe"]["student"]["builder"]
     ad = load_detector(out / "detector")
     assert isinstance(ad, ModelDistillation) and ad.threshold is not None
-    # scores of the saved detector are the study's
     assert set(res["severities"]) == {"1", "5"}
     # running again into the same folder replaces the study's own files, detector included
     assert main(["experiment", "--pretrained", "--quick", "--out", str(out), *SMALL]) == 0
@@ -134,21 +133,11 @@ def test_user_numpy_data_trains_sized_models_and_caches_by_content(tmp_path, dig
 
 @pytest.mark.slow
 def test_user_onnx_teacher_is_studied_and_saved_with_its_graph(
-    tmp_path, digits_folder, digits, digits_teacher, capsys
+    tmp_path, digits_folder, digits, digits_teacher, digits_onnx, capsys
 ):
-    pytest.importorskip("onnxruntime")
     import torch
 
-    path = tmp_path / "teacher.onnx"
-    torch.onnx.export(
-        digits_teacher.eval(),
-        (torch.zeros(2, 8, 8),),
-        str(path),
-        input_names=["x"],
-        output_names=["p"],
-        dynamic_axes={"x": {0: "n"}, "p": {0: "n"}},
-        dynamo=False,
-    )
+    path = digits_onnx
     out = tmp_path / "out"
     args = ["experiment", "--data", str(digits_folder), "--teacher", str(path)]
     args += ["--preprocess", "unit", "--student-epochs", "2", "--out", str(out), *SMALL]

@@ -17,18 +17,8 @@ from distilldetect.models import build_model, load_classifier
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-def test_onnx_teacher_exported_by_torch(digits, digits_teacher, tmp_path):
-    pytest.importorskip("onnxruntime")
-    path = tmp_path / "teacher.onnx"
-    torch.onnx.export(
-        digits_teacher.eval(),
-        (torch.zeros(2, 8, 8),),
-        str(path),
-        input_names=["x"],
-        output_names=["p"],
-        dynamic_axes={"x": {0: "n"}, "p": {0: "n"}},
-        dynamo=False,
-    )
+def test_onnx_teacher_exported_by_torch(digits, digits_teacher, digits_onnx, tmp_path):
+    path = digits_onnx
     teacher = load_classifier(path)
     X = digits[2][:100]
     with torch.no_grad():

@@ -411,12 +411,9 @@ _EXPERIMENT_FIELDS = {
 
 def _experiment(args: argparse.Namespace) -> int:
     from .experiments import harmful_drift as hd
+    from .experiments.config import overrides_from_args
 
-    overrides = {
-        field: getattr(args, arg)
-        for arg, field in _EXPERIMENT_FIELDS.items()
-        if getattr(args, arg) is not None
-    }
+    overrides = overrides_from_args(args, _EXPERIMENT_FIELDS)
     if args.dataset is not None:
         overrides["dataset"] = args.dataset
     if args.pretrained:

@@ -34,7 +34,6 @@ import numpy as np
 
 from ..backends import framework_of, get_backend
 from ..base import (
-    check_array,
     check_batch_size,
     check_bool,
     check_positive_float,
@@ -43,6 +42,7 @@ from ..base import (
     describe,
 )
 from ..losses import LOSS_TYPES
+from ._checks import _check_xy, check_eps
 from .blackbox import simba, square
 
 __all__ = [
@@ -79,15 +79,6 @@ def check_attack_names(names: Any, name: str = "attacks") -> list[str]:
     return list(names)
 
 
-def check_eps(eps: Any, name: str = "eps") -> float:
-    """Check a perturbation budget: a finite number > 0."""
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"{name} must be a finite number > 0, got {describe(eps)}")
-    if not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {eps!r}")
-    return float(eps)
-
-
 def _check_clip(clip: Any) -> tuple[float, float] | None:
     if clip is None:
         return None
@@ -100,20 +91,6 @@ def _check_clip(clip: Any) -> tuple[float, float] | None:
     if not clip[0] < clip[1]:
         raise ValueError(f"clip must be (low, high) with low < high, got {tuple(clip)}")
     return float(clip[0]), float(clip[1])
-
-
-def _check_xy(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-    x = check_array(x, "x", min_ndim=2)
-    if x.dtype.kind != "f":
-        raise TypeError(f"x must be a floating array (the model's input), got dtype {x.dtype}")
-    y = np.asarray(y) if isinstance(y, (list, tuple)) else y
-    if not isinstance(y, np.ndarray) or y.dtype.kind not in "iu" or y.ndim != 1:
-        raise TypeError(f"y must be a 1-D integer array of class labels, got {describe(y)}")
-    if len(y) != len(x):
-        raise ValueError(f"y must have one label per row of x ({len(x)}), got {len(y)}")
-    if (y < 0).any():
-        raise ValueError(f"y must hold class indices >= 0, got minimum {int(y.min())}")
-    return x, y.astype(np.int64)
 
 
 def _torch_backend(model: Any, attack: str, name: str = "model") -> Any:

@@ -11,43 +11,30 @@ else, so they work on any teacher (a torch module, a Keras model, a scikit-learn
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 import numpy as np
 
 from ..backends import inference
 from ..base import (
-    check_array,
     check_batch_size,
     check_bool,
     check_positive_int,
     check_seed,
-    describe,
 )
+from ._checks import _check_xy, check_eps
 
 __all__ = ["simba", "square"]
 
 
 def _checks(x: Any, y: Any, eps: Any, steps: Any, seed: Any, batch_size: Any, verbose: Any):
-    x = check_array(x, "x", min_ndim=2)
-    if x.dtype.kind != "f":
-        raise TypeError(f"x must be a floating array (the model's input), got dtype {x.dtype}")
-    y = np.asarray(y) if isinstance(y, (list, tuple)) else y
-    if not isinstance(y, np.ndarray) or y.dtype.kind not in "iu" or y.ndim != 1:
-        raise TypeError(f"y must be a 1-D integer array of class labels, got {describe(y)}")
-    if len(y) != len(x):
-        raise ValueError(f"y must have one label per row of x ({len(x)}), got {len(y)}")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"eps must be a finite number > 0, got {describe(eps)}")
-    if not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    x, y = _check_xy(x, y)
+    eps = check_eps(eps)
     check_positive_int(steps, "steps")
     check_seed(seed)
     check_batch_size(batch_size)
     check_bool(verbose, "verbose")
-    return x, y.astype(np.int64), float(eps)
+    return x, y, eps
 
 
 def _probs(forward: Any, x: np.ndarray) -> np.ndarray:

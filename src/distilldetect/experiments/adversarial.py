@@ -46,7 +46,7 @@ from ..metrics import auroc, one_minus_max_prob, predictive_entropy
 from ..utils import predict_batch
 from . import stages
 from .config import DATASETS, StudyConfig, _is_int, _is_number, jsonable
-from .outputs import OutputDir, prepare_output_dir
+from .outputs import OutputDir, lap_timer, prepare_output_dir
 
 __all__ = [
     "AdversarialConfig",
@@ -510,11 +510,7 @@ def run(config: AdversarialConfig | None = None, **overrides: Any) -> dict[str, 
     notes: list[str] = []
     out = OutputDir(cfg.out if cfg.out else default_out_dir(cfg.dataset))
     log = logger.info
-
-    def lap(name: str, since: float) -> float:
-        now = time.perf_counter()
-        timings[name] = round(now - since, 2)
-        return now
+    lap = lap_timer(timings)
 
     t = time.perf_counter()
     data = stages.load_data(cfg.study_config())

@@ -140,12 +140,9 @@ _FIELDS = {
 def run(args: argparse.Namespace) -> int:
     """Run ``distilldetect adversarial``; returns the exit status."""
     from . import adversarial as adv
+    from .config import overrides_from_args
 
-    overrides = {
-        field: getattr(args, arg)
-        for arg, field in _FIELDS.items()
-        if getattr(args, arg) is not None
-    }
+    overrides = overrides_from_args(args, _FIELDS)
     overrides["dataset"] = args.dataset
     overrides["verbose"] = not args.quiet
     try:

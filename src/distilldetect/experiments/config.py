@@ -375,6 +375,21 @@ def _check_teacher_spec(spec: Any, weights: Any) -> None:
         raise ValueError(f"teacher_weights {weights!r}: no such file")
 
 
+def overrides_from_args(args: Any, fields: dict[str, str]) -> dict[str, Any]:
+    """The config fields a command line set: ``{field: args.<arg>}`` for each ``arg -> field``
+    of ``fields`` whose value is not None (unset flags keep the config's defaults).
+
+    Examples
+    --------
+    >>> import argparse
+    >>> overrides_from_args(argparse.Namespace(seed=3, out=None), {"seed": "seed", "out": "out"})
+    {'seed': 3}
+    """
+    return {
+        field: getattr(args, arg) for arg, field in fields.items() if getattr(args, arg) is not None
+    }
+
+
 def quick_config(**overrides: Any) -> StudyConfig:
     """A small configuration that runs end to end in about a minute (used by the tests).
 

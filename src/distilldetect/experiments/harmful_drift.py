@@ -46,7 +46,7 @@ from .config import (
     jsonable,
     quick_config,
 )
-from .outputs import OutputDir, default_out_dir, prepare_output_dir
+from .outputs import OutputDir, default_out_dir, lap_timer, prepare_output_dir
 
 __all__ = [
     "DATASETS",
@@ -113,11 +113,7 @@ def run(
     notes: list[str] = []
     out = OutputDir(cfg.out if cfg.out else default_out_dir(cfg.dataset))
     log = logger.info
-
-    def lap(name: str, since: float) -> float:
-        now = time.perf_counter()
-        timings[name] = round(now - since, 2)
-        return now
+    lap = lap_timer(timings)
 
     t = time.perf_counter()
     data = stages.load_data(cfg)

@@ -19,10 +19,11 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MANIFEST", "OutputDir", "default_out_dir", "prepare_output_dir"]
+__all__ = ["MANIFEST", "OutputDir", "default_out_dir", "lap_timer", "prepare_output_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,27 @@ logger = logging.getLogger(__name__)
 MANIFEST = ".distilldetect-study.json"
 _TMP_PREFIX = ".distilldetect-tmp-"
 _FORMAT = "distilldetect-study-outputs"
+
+
+def lap_timer(timings: dict[str, float]) -> Callable[[str, float], float]:
+    """``lap(name, since)``: record the seconds since ``since`` under ``timings[name]`` (rounded
+    to 10 ms) and return now, for the studies' per-stage timings.
+
+    Examples
+    --------
+    >>> timings = {}
+    >>> lap = lap_timer(timings)
+    >>> _ = lap("data", time.perf_counter())
+    >>> list(timings)
+    ['data']
+    """
+
+    def lap(name: str, since: float) -> float:
+        now = time.perf_counter()
+        timings[name] = round(now - since, 2)
+        return now
+
+    return lap
 
 
 def default_out_dir(dataset: str) -> Path:
