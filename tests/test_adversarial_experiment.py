@@ -140,7 +140,10 @@ def test_black_box_teacher_refuses_gradient_attacks_naming_them(tmp_path):
     )
     with pytest.raises(ValueError, match=r"attacks \['fgsm', 'adaptive'\] need its gradients"):
         adv.preflight(cfg, teacher=teacher)
-    adv.preflight(adv.quick_adversarial_config(attacks=["blackbox"], verbose=False), teacher)
+    adv.preflight(
+        adv.quick_adversarial_config(attacks=["blackbox"], out=str(tmp_path / "o2"), verbose=False),
+        teacher,
+    )
 
 
 @needs_data
