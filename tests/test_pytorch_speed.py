@@ -68,16 +68,6 @@ def teacher() -> nn.Module:
     return randomise_batchnorm(resnet(num_blocks=1, widths=(8, 16, 32)))
 
 
-@pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
-def workers(request, monkeypatch) -> int:
-    """Run with the row split off (1) and on (2, also for tiny work)."""
-    monkeypatch.setattr(pf, "n_workers", lambda: request.param)
-    monkeypatch.setattr(pf, "MIN_WORK_TO_SPLIT", 0)
-    monkeypatch.setattr(pf, "MIN_ROWS_PER_WORKER", 1)
-    monkeypatch.setattr(seed_student, "MIN_MACS_TO_COMPOSE", 0)
-    return request.param
-
-
 def test_work_measure_keeps_small_models_on_the_plain_path():
     """The split and the composition are chosen from counted operations, not timing."""
     torch.manual_seed(0)

@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .compose import compose_conv_pairs
 from .modes import preserve_modes
 from .seed_student import ComposedStudent, composable, composed_logits, pair_kernels, pair_plan
 
@@ -389,9 +390,11 @@ def _tensors(model: nn.Module) -> list[torch.Tensor]:
     return [t.detach() for t in list(model.parameters()) + list(model.buffers())]
 
 
-def traced_folded_copy(model: nn.Module) -> tuple[nn.Module, int]:
+def traced_folded_copy(model: nn.Module, compose: bool = False) -> tuple[nn.Module, int]:
     """An eval-mode copy of any module with each BatchNorm folded into the conv before it,
-    found by tracing the forward (``torch.fx``): for models whose code is not known.
+    found by tracing the forward (``torch.fx``): for models whose code is not known. With
+    ``compose``, convolution pairs with nothing between them are composed too
+    (:func:`~distilldetect.backends.torch.compose.compose_conv_pairs`).
 
     A forward that ``torch.fx`` cannot trace (data-dependent control flow...) gives a plain
     eval-mode copy. Returns ``(copy, number of BatchNorm layers folded)``.
@@ -418,7 +421,10 @@ def traced_folded_copy(model: nn.Module) -> tuple[nn.Module, int]:
     after = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fast.modules())
     for p in fast.parameters():
         p.requires_grad_(False)
-    return fast.eval(), before - after
+    fast.eval()
+    if compose:
+        fast, _ = compose_conv_pairs(fast, frozen=True)
+    return fast, before - after
 
 
 def frozen(model: nn.Module, x: torch.Tensor | None = None, optimize: bool = False) -> nn.Module:
@@ -456,10 +462,14 @@ def frozen(model: nn.Module, x: torch.Tensor | None = None, optimize: bool = Fal
                 fast = ComposedStudent(model)
             else:
                 known = is_known_model(model)
-                fast, n_folded = folded_copy(model) if known else traced_folded_copy(model)
-                fast = fast if (n_folded or optimize) else None
-                if fast is not None:
-                    source = copy.deepcopy(model).eval()
+                if known:
+                    fast, n_folded = folded_copy(model)
+                    fast = fast if (n_folded or optimize) else None
+                    source = copy.deepcopy(model).eval() if fast is not None else None
+                else:  # optimize: folded and composed by tracing; TorchScript traces that copy
+                    fast, _ = traced_folded_copy(model, compose=True)
+                    source = fast
+                if source is not None:
                     for p in source.parameters():
                         p.requires_grad_(False)
             snapshot = [t.clone() for t in tensors] if fast is not None else []
@@ -498,10 +508,87 @@ def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def train_forward(student: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The forward to train ``student`` with: the composed one for the zoo's student (same
-    parameters, same outputs up to rounding, gradients through the composed kernels), else
-    ``student`` itself. Hooks, a GPU or an unsupported input size fall back to ``student``.
+def _structure(model: nn.Module) -> tuple:
+    """What a traced graph of ``model`` depends on but an optimiser step does not change: each
+    sub-module's identity, type, settings and mode, and its parameters' identities and shapes."""
+    parts: list[Any] = []
+    for name, m in model.named_modules():
+        settings = tuple(
+            (k, v)
+            for k, v in sorted(m.__dict__.items())
+            if not k.startswith("_") and isinstance(v, _SETTING_TYPES)
+        )
+        tensors = tuple(
+            (k, None if t is None else (id(t), tuple(t.shape), t.dtype))
+            for k, t in list(m._parameters.items()) + list(m._buffers.items())
+        )
+        parts.append((name, id(m), type(m), settings, tensors))
+    return tuple(parts)
+
+
+class _Composed:
+    __slots__ = ("structure", "module")
+
+    def __init__(self, structure: tuple, module: nn.Module) -> None:
+        self.structure = structure
+        self.module = module  # the composed GraphModule, or None: train the student as it is
+
+
+_COMPOSED: weakref.WeakKeyDictionary[nn.Module, _Composed] = weakref.WeakKeyDictionary()
+
+
+def _agrees(student: nn.Module, composed: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``composed`` gives ``student``'s outputs on two rows of ``x`` (same random
+    numbers for both): the check that tracing kept the forward's meaning."""
+    probe = x[:2]
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            state = torch.random.get_rng_state()
+            a = student(probe)
+            torch.random.set_rng_state(state)
+            b = composed(probe)
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.shape == b.shape
+            and bool(torch.allclose(a, b, rtol=1e-3, atol=1e-5))
+        )
+    except Exception:  # noqa: BLE001 - anything odd: do not use the composed graph
+        return False
+
+
+def composed_student(student: nn.Module, x: torch.Tensor) -> nn.Module:
+    """``student`` with its convolution pairs composed for training (``optimize=True`` only),
+    sharing its parameters, or ``student`` itself when there is nothing to compose, the
+    forward cannot be traced, or the traced graph disagrees with the student on ``x``'s first
+    rows. Cached per student and rebuilt when its structure or modes change.
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Conv2d(3, 128, 4, 2, 1), nn.Conv2d(128, 64, 4, 2, 1))
+    >>> fast = composed_student(net, torch.rand(4, 3, 32, 32))
+    >>> fast is net, {id(p) for p in fast.parameters()} == {id(p) for p in net.parameters()}
+    (False, True)
+    """
+    structure = _structure(student)
+    entry = _COMPOSED.get(student)
+    if entry is None or entry.structure != structure:
+        module, n = compose_conv_pairs(student)
+        if n == 0 or not _agrees(student, module, x):
+            module = None
+        entry = _Composed(structure, module)
+        _COMPOSED[student] = entry
+    return student if entry.module is None else entry.module
+
+
+def train_forward(
+    student: nn.Module, optimize: bool = False, x: torch.Tensor | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The forward to train ``student`` with: the composed one for the zoo's student, or with
+    ``optimize`` for any student whose traced graph has composable convolution pairs
+    (:func:`composed_student`, checked on the batch ``x``) — same parameters, same outputs up
+    to rounding, gradients through the composed kernels — else ``student`` itself. Hooks, a
+    GPU or an unsupported input size fall back to ``student``.
 
     Examples
     --------
@@ -509,7 +596,11 @@ def train_forward(student: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     >>> train_forward(net) is net
     True
     """
-    if not composable(student) or has_hooks(student) or not _on_cpu(student):
+    if has_hooks(student) or not _on_cpu(student):
+        return student
+    if not composable(student):
+        if optimize and x is not None and is_trainable_in_parallel(student, optimize):
+            return composed_student(student, x)  # no dropout or BN: the probe changes nothing
         return student
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -744,10 +835,13 @@ def parallel_gradients(
     names = [k for k, v in leaves.items() if v.requires_grad]
     inputs = [leaves[k] for k in names] + list(params)
 
+    # an opted-in student of unknown code: its composed graph (parameters shared), if any
+    general = train_forward(student, optimize, x) if not leaves else student
+
     def forward(xb: torch.Tensor) -> torch.Tensor:
         logits = composed_logits(student, xb, leaves) if leaves else None
-        # without the composed path the parameters themselves get the gradients
-        return student(xb) if logits is None else torch.softmax(logits, dim=-1)
+        # without the zoo's composed path the parameters themselves get the gradients
+        return general(xb) if logits is None else torch.softmax(logits, dim=-1)
 
     def block(rows: slice) -> tuple[torch.Tensor, torch.Tensor, tuple]:
         with torch.enable_grad():

@@ -264,7 +264,7 @@ class Trainer:
         split = self._parallel_step(xt, pt)
         if split is not None:
             return split
-        q = fast.train_forward(self.student)(xt)
+        q = fast.train_forward(self.student, self.optimize, xt)(xt)
         if not isinstance(q, torch.Tensor):
             raise TypeError(f"distilled_model must return a tensor, got {describe(q)}")
         if self.loss_fn is None:

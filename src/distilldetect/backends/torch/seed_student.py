@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import compose
+from .compose import MIN_MACS_TO_COMPOSE, PairPlan
 from .layers import ImageModel, SameConv2d, _out_size, _parse_input_shape, _same_padding
 from .modes import preserve_modes
 
@@ -30,10 +31,6 @@ __all__ = [
     "pair_plan",
     "ComposedStudent",
 ]
-
-#: The first two convolutions are composed only when they cost at least this many multiply-adds
-#: per image; below it the composition's fixed overhead dominates.
-MIN_MACS_TO_COMPOSE: int = 5_000_000
 
 
 # ---------------------------------------------------------------------- the seed's student
@@ -151,210 +148,27 @@ def distilled_model_cifar10(
 
 # ------------------------------------------------- the seed's student: two linear-adjacent convs
 # In the zoo's DistilledCifar10 the first convolution has no activation, so the first two
-# convolutions compose into ONE convolution (kernel s1*(k2-1)+k1, stride s1*s2) on the input:
-# 32x32x3 -> 8x8x128 costs 2.5 M multiply-adds per image instead of 36.6 M. Composition is
-# exact except at the border, where the second convolution's 'same' zero padding sits on the
-# first one's output grid: the composed map sees there the first convolution evaluated on the
-# padded input instead of zeros. Those "ring" terms are subtracted, each again as a small
-# composed convolution of a strip of the input (corners, subtracted twice, are added back).
-# Gradients flow through the composed kernels to the original parameters (autograd), so the
-# same code serves training.
+# convolutions compose into one convolution of the input (:mod:`.compose`, which any model can
+# use with ``optimize=True``); here only what this model's TensorFlow-style 'same' padding needs.
 
 
-class _PairPlan:
-    """Geometry of conv1 -> conv2 for one input size (None from :func:`_pair_plan` if unsupported)."""
-
-    __slots__ = (
-        "s1",
-        "k1",
-        "t1",
-        "l1",
-        "s2",
-        "k2",
-        "t2",
-        "l2",
-        "h1",
-        "w1",
-        "h2",
-        "w2",
-        "pad",
-        "rows",
-        "cols",
-    )
-
-    def __init__(self, **kw: Any) -> None:
-        for k, v in kw.items():
-            setattr(self, k, v)
-
-
-def pair_plan(model: nn.Module, h: int, w: int) -> _PairPlan | None:
+def pair_plan(model: nn.Module, h: int, w: int) -> PairPlan | None:
+    """Geometry of the model's first two convolutions for ``h x w`` inputs ('same' padding)."""
     if len(model.convs) < 2:
         return None
     c1, c2 = model.convs[0], model.convs[1]
-    for c in (c1, c2):
-        if (
-            c.kernel_size[0] != c.kernel_size[1]
-            or c.stride[0] != c.stride[1]
-            or c.dilation != (1, 1)
-            or c.groups != 1
-            or c.padding_mode != "zeros"
-            or c.padding != (0, 0)
-            or c.bias is None
-        ):
-            return None
-    k1, s1, k2, s2 = c1.kernel_size[0], c1.stride[0], c2.kernel_size[0], c2.stride[0]
-    t1, b1 = _same_padding(h, k1, s1)
-    l1, r1 = _same_padding(w, k1, s1)
-    h1, w1 = -(-h // s1), -(-w // s1)
-    t2, b2 = _same_padding(h1, k2, s2)
-    l2, r2 = _same_padding(w1, k2, s2)
-    if max(t2, b2, l2, r2) > 1:  # one ring row/column per side at most
+    if c1.padding != (0, 0) or c2.padding != (0, 0) or c1.bias is None or c2.bias is None:
         return None
-    h2, w2 = -(-h1 // s2), -(-w1 // s2)
-    size, stride = s1 * (k2 - 1) + k1, s1 * s2
-    top, left = s1 * t2 + t1, s1 * l2 + l1
-    bottom = stride * (h2 - 1) + size - h - top
-    right = stride * (w2 - 1) + size - w - left
-
-    def taps(ring: int, n_out: int, pad: int) -> list[tuple[int, int]]:
-        # (output index, kernel tap) pairs of conv2 that read ring position `ring`
-        return [(j, ring + pad - s2 * j) for j in range(n_out) if 0 <= ring + pad - s2 * j < k2]
-
-    rows = [(r, taps(r, h2, t2)) for r, on in ((-1, t2), (h1, b2)) if on]
-    cols = [(c, taps(c, w2, l2)) for c, on in ((-1, l2), (w1, r2)) if on]
-    return _PairPlan(
-        s1=s1,
-        k1=k1,
-        t1=t1,
-        l1=l1,
-        s2=s2,
-        k2=k2,
-        t2=t2,
-        l2=l2,
-        h1=h1,
-        w1=w1,
-        h2=h2,
-        w2=w2,
-        pad=(left, right, top, bottom),
-        rows=rows,
-        cols=cols,
-    )
-
-
-def _placement(k1: int, k2: int, s1: int, like: torch.Tensor) -> torch.Tensor:
-    """0/1 matrix ``(k2, k1, s1*(k2-1)+k1)``: tap ``c`` of conv2 and ``a`` of conv1 land at ``s1*c+a``."""
-    size = s1 * (k2 - 1) + k1
-    e = torch.zeros(k2, k1, size, dtype=like.dtype, device=like.device)
-    for c in range(k2):
-        for a in range(k1):
-            e[c, a, s1 * c + a] = 1.0
-    return e
+    k1, s1, k2, s2 = c1.kernel_size[0], c1.stride[0], c2.kernel_size[0], c2.stride[0]
+    h1, w1 = -(-h // s1), -(-w // s1)
+    pads1 = (*_same_padding(h, k1, s1), *_same_padding(w, k1, s1))
+    pads2 = (*_same_padding(h1, k2, s2), *_same_padding(w1, k2, s2))
+    return compose.pair_plan(c1, c2, h, w, pads1, pads2)
 
 
 def pair_kernels(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Composed kernels and biases of conv1 -> conv2 (differentiable in the parameters).
-
-    ``t[o2, i, c, a, d, b] = sum_o1 w2[o2, o1, c, d] * w1[o1, i, a, b]`` holds every product of
-    taps once; the composed kernels place tap pairs ``(c, a)`` at ``s1*c + a`` along each axis:
-    all of them (``k``), or only conv2's tap row / column ``t`` (``row{t}`` / ``col{t}``, for the
-    border strips).
-    """
-    c1, c2 = model.convs[0], model.convs[1]
-    w1, b1, w2, b2 = c1.weight, c1.bias, c2.weight, c2.bias
-    s1, k1, k2 = c1.stride[0], c1.kernel_size[0], c2.kernel_size[0]
-    o2, cin = w2.shape[0], w1.shape[1]
-    t = (w2.reshape(o2, -1, k2 * k2).transpose(1, 2) @ w1.reshape(w1.shape[0], -1)).reshape(
-        o2, k2, k2, cin, k1, k1
-    )  # (o2, c, d, i, a, b)
-    e = _placement(k1, k2, s1, w1)
-    out = {
-        "k": torch.einsum("pcdiab,cau,dbv->piuv", t, e, e),
-        "b": b2 + w2.sum((2, 3)) @ b1,
-        "w1": w1,
-        "b1": b1,
-        "w2": w2,
-    }
-    rows = torch.einsum("pcdiab,dbv->cpiav", t, e)  # conv2 tap row c: (k2, o2, i, k1, K)
-    cols = torch.einsum("pcdiab,cau->dpiub", t, e)  # conv2 tap column d: (k2, o2, i, K, k1)
-    out["w2t"] = w2.permute(2, 3, 1, 0).contiguous()  # (c, d, o1, o2): corner products
-    row_b = w2.sum(3).permute(2, 0, 1) @ b1  # (k2, o2)
-    col_b = w2.sum(2).permute(2, 0, 1) @ b1
-    for tap in range(k2):
-        out[f"row{tap}"] = rows[tap]
-        out[f"rowb{tap}"] = row_b[tap]
-        out[f"col{tap}"] = cols[tap]
-        out[f"colb{tap}"] = col_b[tap]
-    return out
-
-
-def _pair_forward(x: torch.Tensor, plan: _PairPlan, kern: dict[str, torch.Tensor]) -> torch.Tensor:
-    """conv2(conv1(x)) before conv2's activation, for NCHW ``x``, via the composed kernels."""
-    s1, k1 = plan.s1, plan.k1
-    stride = s1 * plan.s2
-    xp = F.pad(x, plan.pad)
-    y = F.conv2d(xp, kern["k"], kern["b"], stride=stride)
-
-    def r0(r: int) -> int:  # first padded-input row read by conv1's (extended) output row r
-        return s1 * (r + plan.t2)
-
-    def c0(c: int) -> int:
-        return s1 * (c + plan.l2)
-
-    # Corrections are assembled with cat (whose backward only slices), not written into y in
-    # place: an in-place write into a slice costs a full-size copy in the backward pass.
-    row_fix: dict[int, torch.Tensor] = {}
-    for r, pairs in plan.rows:
-        strip = xp[:, :, r0(r) : r0(r) + k1, :]
-        for j, t in pairs:
-            fix = F.conv2d(strip, kern[f"row{t}"], kern[f"rowb{t}"], stride=(1, stride))
-            row_fix[j] = fix if j not in row_fix else row_fix[j] + fix
-    col_fix: dict[int, torch.Tensor] = {}
-    for c, pairs in plan.cols:
-        strip = xp[:, :, :, c0(c) : c0(c) + k1]
-        for j, t in pairs:
-            fix = F.conv2d(strip, kern[f"col{t}"], kern[f"colb{t}"], stride=(stride, 1))
-            col_fix[j] = fix if j not in col_fix else col_fix[j] + fix
-    # corners were subtracted by both a row strip and a column strip: add them back once
-    for r, row_pairs in plan.rows:
-        for c, col_pairs in plan.cols:
-            corner = F.conv2d(
-                xp[:, :, r0(r) : r0(r) + k1, c0(c) : c0(c) + k1], kern["w1"], kern["b1"]
-            )[:, :, 0, 0]
-            for j, tr in row_pairs:
-                back = {i: (corner @ kern["w2t"][tr, tc])[:, :, None, None] for i, tc in col_pairs}
-                row_fix[j] = row_fix[j] - _assemble(back, plan.w2, 3, row_fix[j].shape)
-    if not torch.is_grad_enabled():  # inference: no backward to pay for, write in place
-        for j, fix in row_fix.items():
-            y[:, :, j : j + 1, :] -= fix
-        for j, fix in col_fix.items():
-            y[:, :, :, j : j + 1] -= fix
-        return y
-    if row_fix:
-        y = y - _assemble(row_fix, plan.h2, 2, y.shape)
-    if col_fix:
-        y = y - _assemble(col_fix, plan.w2, 3, y.shape)
-    return y
-
-
-def _assemble(pieces: dict[int, torch.Tensor], n: int, dim: int, shape: torch.Size) -> torch.Tensor:
-    """A tensor of ``shape`` holding ``pieces[i]`` at index ``i`` along ``dim``, zeros elsewhere."""
-    ref = next(iter(pieces.values()))
-    parts, gap = [], 0
-    for i in range(n):
-        if i in pieces:
-            if gap:
-                size = list(shape)
-                size[dim] = gap
-                parts.append(ref.new_zeros(size))
-                gap = 0
-            parts.append(pieces[i])
-        else:
-            gap += 1
-    if gap:
-        size = list(shape)
-        size[dim] = gap
-        parts.append(ref.new_zeros(size))
-    return torch.cat(parts, dim=dim)
+    """Composed kernels of the model's first two convolutions (:func:`.compose.pair_kernels`)."""
+    return compose.pair_kernels(model.convs[0], model.convs[1])
 
 
 def composable(model: nn.Module) -> bool:
@@ -377,10 +191,7 @@ def _pair_macs(model: nn.Module) -> int:
     c1, c2 = model.convs[0], model.convs[1]
     h1, w1 = -(-h // c1.stride[0]), -(-w // c1.stride[1])
     h2, w2 = -(-h1 // c2.stride[0]), -(-w1 // c2.stride[1])
-    return (
-        h1 * w1 * c1.weight[0].numel() * c1.out_channels
-        + h2 * w2 * c2.weight[0].numel() * c2.out_channels
-    )
+    return compose.pair_macs(c1, c2, h1, w1, h2, w2)
 
 
 def composed_logits(
@@ -409,7 +220,7 @@ def composed_logits(
     plan = pair_plan(model, x.shape[-2], x.shape[-1])
     if plan is None or x.shape[1] != model.convs[0].in_channels:
         return None
-    h = _pair_forward(x, plan, pair_kernels(model) if kern is None else kern)
+    h = compose.pair_forward(x, plan, pair_kernels(model) if kern is None else kern)
     # in place where no backward needs the pre-activation (the tensors are fresh here)
     relu = F.relu_ if not torch.is_grad_enabled() else F.relu
     h = relu(h)
