@@ -50,18 +50,21 @@ COMPARISONS: list[tuple[str, str, float | None]] = [
 ]
 RSS_TARGET = 0.6
 RSS_TARGET_USER = 0.45
-# interleaved order: each reference configuration next to the ones compared with it
+# interleaved order: each reference configuration next to the ones compared with it (the
+# reference's fit and score run twice per round, beside the zoo's and the user's models)
 ORDER: list[tuple[str, str]] = [
     ("ours", "fit_cached"),
     ("reference", "fit"),
     ("ours", "fit_uncached"),
+    ("ours", "fit_user"),
+    ("reference", "fit"),
+    ("ours", "fit_user_optimized"),
     ("ours", "score"),
     ("reference", "score"),
     ("ours", "score_teacher_probs"),
     ("reference", "score_batch128"),
-    ("ours", "fit_user"),
     ("ours", "score_user"),
-    ("ours", "fit_user_optimized"),
+    ("reference", "score"),
     ("ours", "score_user_optimized"),
 ]
 

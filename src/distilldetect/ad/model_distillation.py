@@ -82,7 +82,8 @@ class ModelDistillation(BaseDetector):
     optimize
         (keyword) Opt in to the backend's optimised forward and training steps for models
         whose code it does not know (torch: a traced, BatchNorm-folded TorchScript copy, batches
-        split into row blocks); you vouch that each model's eval-mode forward treats rows
+        split into row blocks, convolution pairs with nothing between them composed into one
+        convolution, for scoring and training); you vouch that each model's eval-mode forward treats rows
         independently and changes no state, as standard classifiers do. About two seconds of
         start-up per model and input shape; outputs equal up to float rounding. The zoo's models
         get the safe part of this by default.
