@@ -161,12 +161,11 @@ def workers(request, monkeypatch) -> int:
     """Torch's speed code with the row split off (1) and on (2, also for tiny work), and
     convolution pairs composed whatever their cost."""
     pytest.importorskip("torch")
-    from distilldetect.backends.torch import compose, seed_student
+    from distilldetect.backends.torch import compose
     from distilldetect.backends.torch import fast as pf
 
     monkeypatch.setattr(pf, "n_workers", lambda: request.param)
     monkeypatch.setattr(pf, "MIN_WORK_TO_SPLIT", 0)
     monkeypatch.setattr(pf, "MIN_ROWS_PER_WORKER", 1)
-    monkeypatch.setattr(seed_student, "MIN_MACS_TO_COMPOSE", 0)
     monkeypatch.setattr(compose, "MIN_MACS_TO_COMPOSE", 0)
     return request.param

@@ -17,14 +17,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import compose
-from .compose import MIN_MACS_TO_COMPOSE, PairPlan
+from .compose import PairPlan
 from .layers import ImageModel, SameConv2d, _out_size, _parse_input_shape, _same_padding
 from .modes import preserve_modes
 
 __all__ = [
     "DistilledCifar10",
     "distilled_model_cifar10",
-    "MIN_MACS_TO_COMPOSE",
     "composable",
     "composed_logits",
     "pair_kernels",
@@ -182,7 +181,7 @@ def composable(model: nn.Module) -> bool:
     """
     if type(model) is not DistilledCifar10 or len(model.convs) < 2:
         return False
-    return _pair_macs(model) >= MIN_MACS_TO_COMPOSE
+    return _pair_macs(model) >= compose.MIN_MACS_TO_COMPOSE  # one threshold for every model
 
 
 def _pair_macs(model: nn.Module) -> int:
