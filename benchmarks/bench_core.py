@@ -79,6 +79,8 @@ CONFIGS: dict[str, tuple[str, str]] = {
     # ...and with ModelDistillation(optimize=True), the opt-in for models of unknown code
     "fit_user_optimized": ("fit", "inst*epoch/s"),
     "score_user_optimized": ("score", "inst/s"),
+    # ...and scoring in bfloat16 (optimize=True, precision='bfloat16': an approximation)
+    "score_user_bf16": ("score", "inst/s"),
 }
 
 FIT_BATCH_SIZE = 128  # both libraries' default
@@ -245,7 +247,9 @@ def _child(
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     user = "_user" in config
-    optimize = config.endswith("_optimized")
+    bf16 = config.endswith("_bf16")
+    optimize = config.endswith("_optimized") or bf16
+    precision = "bfloat16" if bf16 else "float32"
     if user:
         sys.path.insert(0, str(HERE))
         from user_models import UserResNet20, UserStudent
@@ -261,7 +265,9 @@ def _child(
         return UserStudent() if user else distilled_model_cifar10()
 
     def detector() -> ModelDistillation:
-        return ModelDistillation(distilled_model=student(), model=teacher, optimize=optimize)
+        return ModelDistillation(
+            distilled_model=student(), model=teacher, optimize=optimize, precision=precision
+        )
 
     if kind == "fit":
         X = rng.random((n_fit, *shape), dtype=np.float32)

@@ -47,6 +47,7 @@ COMPARISONS: list[tuple[str, str, float | None]] = [
     ("score_user", "score", 2.0),
     ("fit_user_optimized", "fit", 6.0),
     ("score_user_optimized", "score", 2.0),
+    ("score_user_bf16", "score", 2.0),
 ]
 RSS_TARGET = 0.6
 RSS_TARGET_USER = 0.45
@@ -66,6 +67,7 @@ ORDER: list[tuple[str, str]] = [
     ("ours", "score_user"),
     ("reference", "score"),
     ("ours", "score_user_optimized"),
+    ("ours", "score_user_bf16"),
 ]
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import losses
-from ..backends import framework_of, get_backend, inference
+from ..backends import PRECISIONS, framework_of, get_backend, inference
 from ..base import (
     BaseDetector,
     check_array,
@@ -83,10 +83,18 @@ class ModelDistillation(BaseDetector):
         (keyword) Opt in to the backend's optimised forward and training steps for models
         whose code it does not know (torch: a traced, BatchNorm-folded TorchScript copy, batches
         split into row blocks, convolution pairs with nothing between them composed into one
-        convolution, for scoring and training); you vouch that each model's eval-mode forward treats rows
-        independently and changes no state, as standard classifiers do. About two seconds of
+        convolution, for scoring and training); you vouch that each model's eval-mode forward
+        treats rows independently and changes no state, as standard classifiers do. About two seconds of
         start-up per model and input shape; outputs equal up to float rounding. The zoo's models
         get the safe part of this by default.
+    precision
+        (keyword) Arithmetic of the scoring forwards (``score``, ``predict``,
+        ``infer_threshold``, drift references): ``'float32'`` (default, exact) or
+        ``'bfloat16'``, which runs the torch models' optimised copies in bfloat16 with the
+        softmax and the outputs in float32 — faster on CPUs with bfloat16 instructions
+        (AVX512-BF16, AMX), scores within bfloat16's rounding of the float32 ones. Needs
+        ``optimize=True`` and torch models (a callable teacher runs as it is; a Keras model
+        raises); training stays float32.
 
     Examples
     --------
@@ -116,6 +124,7 @@ class ModelDistillation(BaseDetector):
         *,
         input_shape: Sequence[int] | None = None,
         optimize: bool = False,
+        precision: str = "float32",
     ) -> None:
         super().__init__(data_type)
         if model is None:
@@ -146,6 +155,7 @@ class ModelDistillation(BaseDetector):
         self.student_framework = student_framework
         get_backend(student_framework)  # imported once, here: a missing framework fails now
         self.optimize = check_bool(optimize, "optimize")
+        self.precision = _check_precision(precision, self.optimize, (model, distilled_model))
         self.input_shape: tuple[int, ...] | None = (
             None if input_shape is None else check_shape(input_shape, "input_shape")
         )
@@ -200,8 +210,10 @@ class ModelDistillation(BaseDetector):
     @contextlib.contextmanager
     def _sessions(self) -> Iterator[tuple[Callable, Callable]]:
         with (
-            inference(self.model, self.teacher_framework, self.optimize) as teacher,
-            self._student_backend.inference(self.distilled_model, self.optimize) as student,
+            inference(self.model, self.teacher_framework, self.optimize, self.precision) as teacher,
+            self._student_backend.inference(
+                self.distilled_model, self.optimize, self.precision
+            ) as student,
         ):
             yield teacher, student
 
@@ -652,6 +664,7 @@ class ModelDistillation(BaseDetector):
             "data_type": self.meta.get("data_type"),
             "input_shape": None if self.input_shape is None else list(self.input_shape),
             "optimize": self.optimize,
+            "precision": self.precision,
         }
 
     @classmethod
@@ -691,7 +704,36 @@ class ModelDistillation(BaseDetector):
         self.meta = {**meta, **backends}
 
 
-_CONFIG_KEYS = {"threshold", "loss_type", "temperature", "data_type", "input_shape", "optimize"}
+_CONFIG_KEYS = {
+    "threshold",
+    "loss_type",
+    "temperature",
+    "data_type",
+    "input_shape",
+    "optimize",
+    "precision",
+}
+
+
+def _check_precision(precision: Any, optimize: bool, models: tuple[Any, Any]) -> str:
+    """``precision`` checked: one of :data:`~distilldetect.backends.PRECISIONS`; a reduced one
+    needs ``optimize`` and no Keras model (the constructor's only check of it)."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "float32":
+        return precision
+    if not optimize:
+        raise ValueError(
+            f"precision={precision!r} runs the optimised copies of the models: pass "
+            "optimize=True as well"
+        )
+    for role, m in zip(("model", "distilled_model"), models, strict=True):
+        if framework_of(m) == "tensorflow":
+            raise ValueError(
+                f"precision={precision!r} needs torch models; {role} is a Keras model "
+                "(use precision='float32')"
+            )
+    return precision
 
 
 def minibatches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:

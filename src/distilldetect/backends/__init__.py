@@ -31,6 +31,7 @@ __all__ = [
     "BACKENDS",
     "FRAMEWORKS",
     "EXTRAS",
+    "PRECISIONS",
     "Backend",
     "framework_of",
     "get_backend",
@@ -46,6 +47,10 @@ BACKENDS: dict[str, str] = {
 FRAMEWORKS: tuple[str, ...] = tuple(BACKENDS)
 #: The pip extra that installs each framework.
 EXTRAS: dict[str, str] = {"pytorch": "torch", "tensorflow": "tensorflow"}
+
+#: Arithmetic of inference forwards (``ModelDistillation(precision=...)``), the default first.
+#: ``'bfloat16'``: torch models only, on the optimised path (``optimize=True``).
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 
 _KERAS_PACKAGES = ("keras", "tf_keras", "tensorflow")
 
@@ -68,12 +73,13 @@ class Backend(Protocol):
         ...
 
     def inference(
-        self, model: Any, optimize: bool = False
+        self, model: Any, optimize: bool = False, precision: str = "float32"
     ) -> contextlib.AbstractContextManager[Callable[..., Any]]:
         """A context manager yielding ``forward(x: np.ndarray) -> np.ndarray | tuple``.
 
         Forward passes run without gradients in inference (eval) mode, safely from many threads
-        at once; the model's modes and weights are the same after each call as before.
+        at once; the model's modes and weights are the same after each call as before. A
+        ``precision`` (:data:`PRECISIONS`) the backend cannot honour raises ``ValueError``.
         """
         ...
 
@@ -202,7 +208,7 @@ def _callable_inference(model: Callable) -> Iterator[Callable[[np.ndarray], Any]
 
 
 def inference(
-    model: Any, framework: str | None = None, optimize: bool = False
+    model: Any, framework: str | None = None, optimize: bool = False, precision: str = "float32"
 ) -> contextlib.AbstractContextManager[Callable[[np.ndarray], Any]]:
     """Context manager yielding a numpy-in, numpy-out forward function for any model.
 
@@ -215,6 +221,8 @@ def inference(
     optimize
         Opt in to the backend's optimised forward for a model whose code it does not know
         (see the torch backend's ``inference``); a start-up cost, then faster calls.
+    precision
+        One of :data:`PRECISIONS`; a plain callable runs as it is whatever the precision.
 
     Examples
     --------
@@ -225,4 +233,4 @@ def inference(
     framework = framework_of(model) if framework is None else framework
     if framework == "callable":
         return _callable_inference(model)
-    return get_backend(framework).inference(model, optimize)
+    return get_backend(framework).inference(model, optimize, precision)

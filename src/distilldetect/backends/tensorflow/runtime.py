@@ -174,7 +174,9 @@ def _forward_function(model: Any, trailing: tuple[int, ...], dtype: tf.DType) ->
 
 
 @contextlib.contextmanager
-def inference(model: Any, optimize: bool = False) -> Iterator[Callable[[np.ndarray], Any]]:
+def inference(
+    model: Any, optimize: bool = False, precision: str = "float32"
+) -> Iterator[Callable[[np.ndarray], Any]]:
     """Yield ``forward(x) -> numpy`` running ``model(x, training=False)`` without gradients.
 
     The forward pass is a ``tf.function`` traced once per instance shape and cached with the
@@ -189,6 +191,11 @@ def inference(model: Any, optimize: bool = False) -> Iterator[Callable[[np.ndarr
     ...     forward(np.zeros((4, 3), dtype=np.float32)).shape
     (4, 2)
     """
+    if precision != "float32":
+        raise ValueError(
+            f"precision must be 'float32' for a Keras model (bfloat16 inference is torch-only), "
+            f"got {precision!r}"
+        )
     dtype = _input_dtype(model)
     eager = _is_legacy(model) is False and keras.backend.backend() != "tensorflow"
 

@@ -331,6 +331,13 @@ class ComposedConvPair(nn.Module):
                 self._kern = pair_kernels(self.c1, self.c2)
         return self._kern
 
+    def cast_kernels(self, dtype: torch.dtype) -> None:
+        """Build the frozen kernels now (from the current weights' precision) and cast them to
+        ``dtype``: a reduced-precision copy composes in float32 before it rounds."""
+        if not self.frozen:
+            raise ValueError("cast_kernels needs a frozen pair (a private inference copy)")
+        self._kern = {k: v.to(dtype) for k, v in self.kernels().items()}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         plan = self.plan(x.shape[-2], x.shape[-1]) if x.dim() == 4 else None
         if plan is None or x.shape[1] != self.c1.in_channels:

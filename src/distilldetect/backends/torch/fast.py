@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 import os
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -49,6 +50,7 @@ from torch import nn
 
 from .compose import compose_conv_pairs
 from .modes import preserve_modes
+from .precision import DTYPES, lower
 from .seed_student import ComposedStudent, composable, composed_logits, pair_kernels, pair_plan
 
 __all__ = [
@@ -356,7 +358,16 @@ JIT_AFTER_ROWS: int | None = 2048
 
 
 class _Frozen:
-    __slots__ = ("fingerprint", "module", "snapshot", "rows", "jit", "source", "optimize")
+    __slots__ = (
+        "fingerprint",
+        "module",
+        "snapshot",
+        "rows",
+        "jit",
+        "source",
+        "optimize",
+        "precision",
+    )
 
     def __init__(
         self,
@@ -365,8 +376,10 @@ class _Frozen:
         snapshot: list[torch.Tensor],
         source: nn.Module | None = None,
         optimize: bool = False,
+        precision: str = "float32",
     ) -> None:
         self.optimize = optimize
+        self.precision = precision
         self.fingerprint = fp
         self.module = module  # None: run the model itself (never a reference to it: weak keys)
         self.snapshot = snapshot  # the model's tensors' values when the copy was made
@@ -427,7 +440,12 @@ def traced_folded_copy(model: nn.Module, compose: bool = False) -> tuple[nn.Modu
     return fast, before - after
 
 
-def frozen(model: nn.Module, x: torch.Tensor | None = None, optimize: bool = False) -> nn.Module:
+def frozen(
+    model: nn.Module,
+    x: torch.Tensor | None = None,
+    optimize: bool = False,
+    precision: str = "float32",
+) -> nn.Module:
     """The module to run for ``model`` in eval mode: a cached fast copy, or ``model`` itself.
 
     The copy (BN-folded for a model with BatchNorm, :class:`ComposedStudent` for the zoo's
@@ -440,7 +458,9 @@ def frozen(model: nn.Module, x: torch.Tensor | None = None, optimize: bool = Fal
 
     With ``optimize`` (the caller's opt-in for a model whose code is not known), the copy is
     folded by tracing (:func:`traced_folded_copy`) and its TorchScript version is built at the
-    first batch: about two seconds once, then faster forward passes.
+    first batch: about two seconds once, then faster forward passes. With a ``precision``
+    other than ``'float32'`` that copy is lowered instead (:func:`~distilldetect.backends.
+    torch.precision.lower`: computes in bfloat16, answers in float32; no TorchScript).
 
     Examples
     --------
@@ -449,16 +469,33 @@ def frozen(model: nn.Module, x: torch.Tensor | None = None, optimize: bool = Fal
     True
     """
     composed = composable(model)
-    if not optimize and not composed and not _has_batchnorm(model):
+    lowered = precision != "float32"
+    if not optimize and not composed and not lowered and not _has_batchnorm(model):
         return model
     fp = fingerprint(model)
     tensors = _tensors(model)
     with _FROZEN_LOCK:
         entry = _FROZEN.get(model)
-        if entry is None or entry.optimize != optimize or not entry.valid_for(fp, tensors):
+        if (
+            entry is None
+            or entry.optimize != optimize
+            or entry.precision != precision
+            or not entry.valid_for(fp, tensors)
+        ):
             fast: nn.Module | None = None
             source = None
-            if composed:
+            if lowered:  # the traced, folded, composed copy, in reduced precision
+                base = traced_folded_copy(model, compose=True)[0]
+                fast = lower(base, DTYPES[precision])
+                if fast is None:
+                    warnings.warn(
+                        f"{type(model).__name__} cannot be traced by torch.fx: it runs in "
+                        f"float32, not {precision}",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    fast = base
+            elif composed:
                 fast = ComposedStudent(model)
             else:
                 known = is_known_model(model)
@@ -473,7 +510,7 @@ def frozen(model: nn.Module, x: torch.Tensor | None = None, optimize: bool = Fal
                     for p in source.parameters():
                         p.requires_grad_(False)
             snapshot = [t.clone() for t in tensors] if fast is not None else []
-            entry = _Frozen(fp, fast, snapshot, source, optimize)
+            entry = _Frozen(fp, fast, snapshot, source, optimize, precision)
             _FROZEN[model] = entry
         if entry.module is None:
             return model
@@ -492,8 +529,6 @@ def frozen(model: nn.Module, x: torch.Tensor | None = None, optimize: bool = Fal
 
 def _script(source: nn.Module, x: torch.Tensor) -> Any:
     """Traced, frozen and inference-optimised TorchScript of ``source`` (None if that fails)."""
-    import warnings
-
     try:
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about shape-dependent padding
@@ -756,9 +791,12 @@ class FastForward:
     torch.Size([2, 3])
     """
 
-    def __init__(self, model: nn.Module, optimize: bool = False) -> None:
+    def __init__(
+        self, model: nn.Module, optimize: bool = False, precision: str = "float32"
+    ) -> None:
         self.model = model
         self.optimize = optimize
+        self.precision = precision
         # Known code, or the caller vouches (optimize) that the model's eval forward treats
         # rows independently and changes no state, as standard classifiers do.
         self._known = (optimize or is_known_model(model)) and _on_cpu(model)
@@ -770,7 +808,7 @@ class FastForward:
     def __call__(self, x: torch.Tensor) -> Any:
         if not self.eligible() or x.device.type != "cpu":
             return self.model(x)
-        module = frozen(self.model, x, self.optimize)
+        module = frozen(self.model, x, self.optimize, self.precision)
         parts = _split_count(len(x), flops_per_row(self.model, x))
         if parts == 1:
             return module(x)

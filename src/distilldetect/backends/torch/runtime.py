@@ -86,7 +86,7 @@ def _to_numpy(out: Any) -> np.ndarray | tuple[np.ndarray, ...]:
 
 @contextlib.contextmanager
 def inference(
-    model: torch.nn.Module, optimize: bool = False
+    model: torch.nn.Module, optimize: bool = False, precision: str = "float32"
 ) -> Iterator[Callable[[np.ndarray], Any]]:
     """Yield ``forward(x) -> numpy`` running ``model`` in eval mode without autograd.
 
@@ -101,6 +101,8 @@ def inference(
     model's eval-mode forward treats rows independently and changes no state (as standard
     classifiers do), and it runs as a traced, BN-folded TorchScript copy in row blocks (about
     two seconds to build once per model and input shape; rebuilt when the weights change).
+    ``precision='bfloat16'`` (with ``optimize``) runs that copy in bfloat16 with float32
+    outputs (:mod:`~distilldetect.backends.torch.precision`).
 
     Examples
     --------
@@ -111,7 +113,7 @@ def inference(
     """
     dtype = model_dtype(model)
     device = model_device(model)
-    run = fast.FastForward(model, optimize)
+    run = fast.FastForward(model, optimize, precision)
 
     def forward(x: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         xt = to_tensor(x, dtype, device)
