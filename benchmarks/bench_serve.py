@@ -46,10 +46,29 @@ if SRC not in sys.path:
     sys.path.insert(0, SRC)
 
 
-def build_detector(folder: Path, seed: int = 0) -> tuple[Any, np.ndarray]:
-    """Fit and save the detector; return it with the request images."""
+def build_detector(folder: Path, seed: int = 0, kind: str = "fmnist") -> tuple[Any, np.ndarray]:
+    """Fit and save the detector; return it with the request images.
+
+    ``kind='fmnist'``: the small CNN on Fashion-MNIST described above. ``kind='cifar10'``: the
+    reference study's detector, the zoo's ResNet-20 teacher and the seed's student on 32x32x3
+    images (random images in CIFAR-10's shape: the data set is not on this machine, and speed
+    does not depend on the pixels).
+    """
     from distilldetect import ModelDistillation, save_detector, scale_by_instance
     from distilldetect.models import build_model
+
+    if kind == "cifar10":
+        rng = np.random.default_rng(seed)
+        images = rng.integers(0, 256, size=(6000, 32, 32, 3), dtype=np.uint8)
+        X_all = scale_by_instance(images.astype("float32") / 255)
+        teacher = build_model("resnet", input_shape=(32, 32, 3))
+        student = build_model("distilled_model_cifar10", input_shape=(32, 32, 3))
+        ad = ModelDistillation(distilled_model=student, model=teacher)
+        ad.fit(X_all[:2000], epochs=1, seed=seed, verbose=False)
+        ad.infer_threshold(X_all[2000:3000], threshold_perc=95)
+        save_detector(ad.drift_detector(X_all[3000:4000]), folder)
+        print("detector: resnet (ResNet-20) teacher + distilled_model_cifar10 student, 32x32x3")
+        return ad, X_all[4000:]
 
     try:
         from distilldetect.datasets import load_fashion_mnist
@@ -89,7 +108,9 @@ def offline(ad: Any, X: np.ndarray, probs: np.ndarray, repeats: int = 3) -> dict
     return out
 
 
-def start_server(folder: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
+def start_server(
+    folder: Path, extra: list[str], name: str = "fmnist"
+) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
     cmd = [
         sys.executable,
@@ -100,7 +121,7 @@ def start_server(folder: Path, extra: list[str]) -> tuple[subprocess.Popen, str]
         "--port",
         "0",
         "--name",
-        "fmnist",
+        name,
         "-q",
         *extra,
     ]
@@ -174,12 +195,13 @@ async def drive(
     n_requests: int,
     time_limit: float,
     client: str = "raw",
+    name: str = "fmnist",
 ) -> dict[str, Any]:
     """Send ``n_requests`` (cycling through ``bodies``) from ``concurrency`` connections."""
     import httpx
 
     host, port = url.split("//")[1].split(":")
-    path = "/v2/models/fmnist/infer"
+    path = f"/v2/models/{name}/infer"
     latencies: list[float] = []
     failures = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -256,13 +278,19 @@ def main() -> None:
     parser.add_argument(
         "--server-args", default="", help="extra arguments for distilldetect serve, one string"
     )
+    parser.add_argument(
+        "--detector",
+        default="fmnist",
+        choices=["fmnist", "cifar10"],
+        help="fmnist: small CNN, 28x28 (default); cifar10: ResNet-20 teacher, 32x32x3",
+    )
     args = parser.parse_args()
     concurrencies = [int(v) for v in args.concurrency.split(",")]
     sizes = [int(v) for v in args.sizes.split(",")]
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "detector"
-        ad, X = build_detector(folder)
+        ad, X = build_detector(folder, kind=args.detector)
         # the logged teacher outputs a client would send (temperature 1: p as the teacher gave)
         probs = ad.score(X, return_predictions=True)[1]
         ref = offline(ad, X[:2000], probs[:2000])
@@ -270,7 +298,7 @@ def main() -> None:
             f"offline ad.score: {ref['plain']:.0f} instances/s; with teacher_probs: "
             f"{ref['teacher_probs']:.0f} instances/s"
         )
-        proc, url = start_server(folder, args.server_args.split())
+        proc, url = start_server(folder, args.server_args.split(), args.detector)
         print(f"server: {url} (pid {proc.pid}); load average at start {load_start[0]:.2f}")
         rows = []
         try:
@@ -288,7 +316,9 @@ def main() -> None:
                             else (3000 if size == 1 else 300)
                         )
                         n = max(n, 4 * conc)
-                        res = asyncio.run(drive(url, bodies, conc, n, args.time_limit, client))
+                        res = asyncio.run(
+                            drive(url, bodies, conc, n, args.time_limit, client, args.detector)
+                        )
                         key = "teacher_probs" if with_probs else "plain"
                         inst = res["requests_per_s"] * size
                         row = {
