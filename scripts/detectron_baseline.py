@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--lambda", dest="lambda_", type=float, default=1.0)
+    parser.add_argument("--lambda", dest="lambda_", type=float, default=None)
     parser.add_argument("--n-eval", type=int, default=1000)
     parser.add_argument("--corruptions", nargs="+", default=["all"])
     parser.add_argument("--seed", type=int, default=0)

@@ -61,7 +61,7 @@ def test_disagreement_loss_is_small_when_g_disagrees():
         ({"members": 0}, ValueError, "members must be an integer >= 1"),
         ({"epochs": 1.5}, TypeError, "epochs must be an integer"),
         ({"seed": None}, TypeError, "seed must be an integer"),
-        ({"lambda_": -1.0}, ValueError, "lambda_ must be a number >= 0"),
+        ({"lambda_": -1.0}, ValueError, "lambda_ must be None or a number >= 0"),
     ],
 )
 def test_bad_input_is_refused(setup, kwargs, error, match):

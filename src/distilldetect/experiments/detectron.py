@@ -93,7 +93,7 @@ class DetectronBaseline:
         members: int = 1,
         epochs: int = 3,
         lr: float = 1e-3,
-        lambda_: float = 1.0,
+        lambda_: float | None = None,
         batch_size: int = 256,
         seed: int = 0,
     ) -> None:
@@ -233,7 +233,7 @@ def run_baseline(
     members: int = 1,
     epochs: int = 3,
     lr: float = 1e-3,
-    lambda_: float = 1.0,
+    lambda_: float | None = None,
     seed: int = 0,
     log: Any = print,
 ) -> dict[str, Any]:
@@ -370,7 +370,7 @@ def run_baseline(
             "members": members,
             "epochs": epochs,
             "lr": lr,
-            "lambda_": lambda_,
+            "lambda_": "1 / (n + 1) (the paper's)" if lambda_ is None else lambda_,
             "cdc_batch_size": 256,
             "seed": seed,
         },

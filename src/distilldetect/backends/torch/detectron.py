@@ -4,8 +4,11 @@
 A CDC ``g`` starts as a copy of the base classifier ``f`` (the teacher) and is trained to stay
 right on labelled data ``P`` while *disagreeing* with ``f`` on the unlabelled batch ``Q``:
 
-    loss = mean over a minibatch of P of CE(g(x_p), y_p)
-           + lambda_ * mean over Q of -log(1 - softmax(g(x_q))[f(x_q)])
+    loss = (sum over a minibatch B of P of CE(g(x_p), y_p)
+            + lambda_ * sum over Q of -log(1 - softmax(g(x_q))[f(x_q)])) / |B|
+
+with the paper's ``lambda_ = 1 / (|Q| + 1)`` by default: all of ``Q`` together weighs less
+than one instance of ``P``, so ``g`` may not give up ``P`` to disagree on ``Q``.
 
 A harmful shift lets ``g`` disagree on ``Q`` while staying right on ``P``; on in-distribution
 ``Q`` disagreement conflicts with ``P``. The statistic is the disagreement rate ``phi``: the
@@ -77,7 +80,7 @@ def train_cdc(
     *,
     epochs: int = 3,
     lr: float = 1e-3,
-    lambda_: float = 1.0,
+    lambda_: float | None = None,
     batch_size: int = 256,
     seed: int = 0,
 ) -> torch.nn.Module:
@@ -95,7 +98,9 @@ def train_cdc(
         Passes over ``P``; every step sees a minibatch of ``P`` and all of ``Q`` (at most
         ``batch_size`` of it, drawn at random when ``Q`` is larger).
     lr, lambda_, batch_size
-        Adam's learning rate, the weight of the disagreement term, the minibatch size of ``P``.
+        Adam's learning rate; the weight of the summed disagreement on ``Q`` against the summed
+        cross-entropy on a minibatch of ``P`` (None: ``1 / (|Q| + 1)``, the paper's); the
+        minibatch size of ``P``.
     seed
         Seeds the minibatch order and torch's generator (dropout); the global RNG is restored.
 
@@ -114,6 +119,7 @@ def train_cdc(
     yp_all = torch.from_numpy(np.asarray(y_p, dtype=np.int64)).to(device)
     optimizer = torch.optim.Adam(g.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
+    weight = 1.0 / (len(xq) + 1) if lambda_ is None else float(lambda_)
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.random.fork_rng(devices=[]))
         torch.manual_seed(seed)
@@ -129,8 +135,9 @@ def train_cdc(
                 else:
                     xqb, yqb = xq, yq
                 logits = logits_of(torch.cat([xp, xqb]))
-                loss = F.cross_entropy(logits[: len(idx)], yp_all[idx])
-                loss = loss + lambda_ * disagreement_loss(logits[len(idx) :], yqb).mean()
+                ce = F.cross_entropy(logits[: len(idx)], yp_all[idx], reduction="sum")
+                dis = disagreement_loss(logits[len(idx) :], yqb).sum() * (len(xq) / len(xqb))
+                loss = (ce + weight * dis) / len(idx)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -166,7 +173,7 @@ def disagreement_rates(
     members: int = 1,
     epochs: int = 3,
     lr: float = 1e-3,
-    lambda_: float = 1.0,
+    lambda_: float | None = None,
     batch_size: int = 256,
     seed: int = 0,
 ) -> list[float]:
@@ -205,8 +212,10 @@ def disagreement_rates(
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
     lr = check_positive_float(lr, "lr")
-    if isinstance(lambda_, bool) or not isinstance(lambda_, numbers.Real) or not lambda_ >= 0:
-        raise ValueError(f"lambda_ must be a number >= 0, got {describe(lambda_)}")
+    if lambda_ is not None and (
+        isinstance(lambda_, bool) or not isinstance(lambda_, numbers.Real) or not lambda_ >= 0
+    ):
+        raise ValueError(f"lambda_ must be None or a number >= 0, got {describe(lambda_)}")
     seed = check_seed(seed)
     if seed is None:
         raise TypeError("seed must be an integer (the CDCs are seeded), got None")
@@ -223,7 +232,7 @@ def disagreement_rates(
                 base[agree],
                 epochs=epochs,
                 lr=lr,
-                lambda_=float(lambda_),
+                lambda_=lambda_,
                 batch_size=batch_size,
                 seed=seed + m,
             )
@@ -241,7 +250,7 @@ def disagreement(
     members: int = 1,
     epochs: int = 3,
     lr: float = 1e-3,
-    lambda_: float = 1.0,
+    lambda_: float | None = None,
     batch_size: int = 256,
     seed: int = 0,
 ) -> float:
