@@ -9,17 +9,24 @@ rotate, shear), flips, and intensity re-mappings (autocontrast, equalise, poster
 computed per image, so they work on inputs of any range (e.g. images scaled by instance).
 
 Everything is vectorised over the batch and draws from the ``numpy.random.Generator`` given.
+
+:func:`adversarial_augment` is the adversarial counterpart (a robust student, TRADES-style):
+it perturbs a fraction of each batch within an L-inf ball, in the direction that moves the
+student's own output most, so that the student learns to keep the teacher's clean answer there.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from .base import check_array, describe
+from .base import check_array, check_positive_int, check_seed, describe
 
-__all__ = ["OPERATIONS", "augmix", "make_augment_fn"]
+__all__ = ["OPERATIONS", "adversarial_augment", "augmix", "make_augment_fn"]
 
 
 def _as_nhwc(x: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -233,5 +240,98 @@ def make_augment_fn(
 
     def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return augmix(x, rng, **kwargs)  # type: ignore[arg-type]
+
+    return augment
+
+
+def _check_unit_fraction(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in (0, 1], got {describe(value)}")
+    if not (math.isfinite(value) and 0 < value <= 1):
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def _check_budget(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a finite number > 0, got {describe(value)}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def adversarial_augment(
+    student: Any,
+    eps: float = 0.3,
+    steps: int = 5,
+    p_adv: float = 0.5,
+    *,
+    step_size: float | None = None,
+    clip: tuple[float, float] | None = None,
+    seed: int | None = None,
+) -> Callable[[np.ndarray, np.random.Generator], np.ndarray]:
+    """An ``augment_fn(x, rng)`` that trains a robust student (adversarial distillation).
+
+    Each row of a batch is, with probability ``p_adv``, moved to ``x' = x + delta`` with
+    ``|delta| <= eps`` (L-inf) chosen by PGD (``steps`` signed-gradient steps from a random
+    start in the ball) to maximise ``KL(student(x) || student(x'))``; the other rows stay clean.
+    Given to :meth:`ModelDistillation.fit`, whose teacher targets stay those of the clean
+    ``x``, the student learns to give the teacher's clean answer anywhere in the ball: an
+    attacker who moves the teacher there does not move the student along, so the distillation
+    score rises. The clean rows keep the scores of clean inputs low. The student runs in eval
+    mode during the attack; its modes and parameter flags are restored after every batch.
+
+    Parameters
+    ----------
+    student
+        The distilled model being trained (a ``torch.nn.Module`` returning probabilities);
+        the attack uses its current weights at every batch.
+    eps
+        L-inf budget in the model's input space (> 0).
+    steps
+        PGD steps (>= 1).
+    p_adv
+        Fraction of each batch perturbed, in (0, 1].
+    step_size
+        Size of each step; None for ``2.5 * eps / steps``.
+    clip
+        Optional ``(low, high)`` bounds of valid inputs.
+    seed
+        None to draw from the ``rng`` that ``fit`` passes (derived from ``fit``'s seed), or
+        a seed for this augmenter's own generator (then ``rng`` is not used).
+
+    Returns
+    -------
+    callable
+        ``augment_fn(x, rng) -> x_aug``, same shape and dtype as ``x``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Softmax(-1))
+    >>> fn = adversarial_augment(net, eps=0.1, steps=3, p_adv=1.0)
+    >>> x = np.zeros((6, 4), np.float32)
+    >>> out = fn(x, np.random.default_rng(0))
+    >>> out.shape, out.dtype, bool(np.abs(out - x).max() <= 0.1 + 1e-6)
+    ((6, 4), dtype('float32'), True)
+    """
+    from .attacks import _check_clip, _torch_backend
+
+    backend = _torch_backend(student, "adversarial_augment", "student")
+    eps = _check_budget(eps, "eps")
+    steps = check_positive_int(steps, "steps")
+    p_adv = _check_unit_fraction(p_adv, "p_adv")
+    step_size = 2.5 * eps / steps if step_size is None else _check_budget(step_size, "step_size")
+    clip = _check_clip(clip)
+    seed = check_seed(seed)
+    own = None if seed is None else np.random.default_rng(seed)
+
+    def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        x = check_array(x, "x", min_ndim=2)
+        if x.dtype.kind != "f":
+            raise TypeError(f"x must be a floating array (the model's input), got dtype {x.dtype}")
+        return backend.robust.adversarial_perturb(
+            student, x, own if own is not None else rng, eps, steps, step_size, p_adv, clip
+        )
 
     return augment

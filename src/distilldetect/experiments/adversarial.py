@@ -33,7 +33,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,12 @@ class AdversarialConfig:
     ensemble_epochs: int = 5
     ensemble_reduce: str = "mean"
     defence_eps: float | None = None  # None: the largest adaptive eps
+    defences: Sequence[str] = ("ensemble",)  # "ensemble" and/or "robust" (adversarial student)
+    robust_eps: float | None = None  # training budget of the robust student; None: defence eps
+    robust_steps: int = 5  # PGD steps of the robust student's training perturbation
+    robust_p_adv: float = 0.5  # fraction of each training batch perturbed
+    robust_epochs: int | None = None  # None: ensemble_epochs
+    robust_extra_lambdas: Sequence[float] = (100.0, 1000.0)  # attacker tuned to the defence
     n_examples: int = 4
     batch_size: int = 256
     seed: int = 0
@@ -133,8 +139,29 @@ class AdversarialConfig:
                 for v in values:
                     attack_lib.check_eps(v, name)
             setattr(self, name, [float(v) for v in values])
-        if self.defence_eps is not None:
-            attack_lib.check_eps(self.defence_eps, "defence_eps")
+        for name in ("defence_eps", "robust_eps"):
+            if getattr(self, name) is not None:
+                attack_lib.check_eps(getattr(self, name), name)
+        defences = [self.defences] if isinstance(self.defences, str) else self.defences
+        if not isinstance(defences, (list, tuple)) or not all(
+            d in ("ensemble", "robust") for d in defences
+        ):
+            raise ValueError(
+                f"defences must be a list of 'ensemble' and/or 'robust', got {self.defences!r}"
+            )
+        self.defences = list(dict.fromkeys(defences))
+        p = self.robust_p_adv
+        if not (_is_number(p) and 0 < p <= 1):
+            raise ValueError(f"robust_p_adv must be a number in (0, 1], got {p!r}")
+        if self.robust_epochs is not None and not (
+            _is_int(self.robust_epochs) and self.robust_epochs >= 1
+        ):
+            raise ValueError(f"robust_epochs must be an integer >= 1, got {self.robust_epochs!r}")
+        extra = list(self.robust_extra_lambdas)
+        bad = [v for v in extra if not (_is_number(v) and math.isfinite(v) and v >= 0)]
+        if bad:
+            raise ValueError(f"robust_extra_lambdas must be finite numbers >= 0, got {bad}")
+        self.robust_extra_lambdas = [float(v) for v in extra]
         for name in (
             "n_eval",
             "n_holdout",
@@ -143,6 +170,7 @@ class AdversarialConfig:
             "cw_binary_steps",
             "blackbox_steps",
             "adaptive_steps",
+            "robust_steps",
             "ensemble_n_train",
             "ensemble_epochs",
             "batch_size",
@@ -194,7 +222,7 @@ class AdversarialConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for name in ("attacks", "eps", "lambdas"):
+        for name in ("attacks", "eps", "lambdas", "defences", "robust_extra_lambdas"):
             d[name] = list(getattr(self, name))
         d["adaptive_eps"] = self.adaptive_budgets()
         return d
@@ -375,8 +403,12 @@ def _fit_students(
     temperature: float | None = None,
     epochs: int | None = None,
     n_train: int | None = None,
+    augment_factory: Callable[[Any], Callable] | None = None,
 ) -> list[Any]:
-    """Students of the detector's architecture and recipe, one per seed (build + fit)."""
+    """Students of the detector's architecture and recipe, one per seed (build + fit).
+
+    ``augment_factory(student) -> augment_fn`` replaces the recipe's augmentation (the robust
+    student's adversarial augmenter needs the student it trains)."""
     from ..backends import get_backend
     from ..models import build_model
 
@@ -407,7 +439,7 @@ def _fit_students(
             verbose=cfg.verbose,
             seed=seed,
             teacher_probs=teacher_probs,
-            augment_fn=augment_fn,
+            augment_fn=augment_fn if augment_factory is None else augment_factory(student),
         )
         students.append(student)
     return students
@@ -561,12 +593,15 @@ def run(config: AdversarialConfig | None = None, **overrides: Any) -> dict[str, 
     results_attacks: dict[str, list[dict[str, Any]]] = {}
     roc: dict[str, dict[str, Any]] = {}
     examples: dict[str, Any] = {}
+    x_attacks: dict[tuple, np.ndarray] = {}  # kept for the robust defence
     for name in [a for a in cfg.attacks if a in _NON_ADAPTIVE]:
         t0 = time.perf_counter()
         results_attacks[name] = []
         roc[name] = {}
         for eps in cfg.eps:
             x_adv = runners[name](eps)
+            if "robust" in cfg.defences:
+                x_attacks[(name, eps)] = x_adv
             entry, scores, success = _entry(eps, x, x_adv, y, clean, thresholds, scorer)
             results_attacks[name].append(entry)
             roc[name][str(eps)] = {
@@ -591,6 +626,8 @@ def run(config: AdversarialConfig | None = None, **overrides: Any) -> dict[str, 
         for eps in cfg.adaptive_budgets():
             for lam in cfg.lambdas:
                 x_adv = _adaptive(cfg, teacher, [student], models.ad, x, y, eps, lam)
+                if "robust" in cfg.defences:
+                    x_attacks[("adaptive", eps, lam)] = x_adv
                 entry = _adaptive_entry(
                     eps, lam, y, x_adv, clean, thresholds["distillation"], scorer
                 )
@@ -601,9 +638,14 @@ def run(config: AdversarialConfig | None = None, **overrides: Any) -> dict[str, 
                     f"{entry['undetected_success_rate']:.3f}"
                 )
         t = lap("adaptive", t)
-        if cfg.n_students > 0:
+        if cfg.n_students > 0 and "ensemble" in cfg.defences:
             defence = _defence(cfg, data, models, x, y, held)
             t = lap("defence", t)
+    robust: dict[str, Any] | None = None
+    if "robust" in cfg.defences:
+        t = time.perf_counter()
+        robust = _robust_defence(cfg, data, models, x, y, held, x_attacks)
+        t = lap("defence_robust", t)
 
     results = {
         "dataset": cfg.dataset,
@@ -628,6 +670,8 @@ def run(config: AdversarialConfig | None = None, **overrides: Any) -> dict[str, 
     }
     if defence is not None:
         results["defence"] = defence
+    if robust is not None:
+        results["defence_robust"] = robust
     results["roc"] = roc
     results["notes"] = notes
     results["timings"] = timings
@@ -750,4 +794,102 @@ def _defence(
         },
         "gray_box": gray,
         "white_box": white,
+    }
+
+
+def _robust_defence(
+    cfg: AdversarialConfig,
+    data: stages.StudyData,
+    models: _Models,
+    x: np.ndarray,
+    y: np.ndarray,
+    held: np.ndarray,
+    x_attacks: dict[Any, np.ndarray],
+) -> dict[str, Any]:
+    """A robust (adversarially distilled) student as the detector's student.
+
+    The student is distilled with :func:`distilldetect.augment.adversarial_augment`: a fraction
+    of every batch moved within ``robust_eps`` where the student's own output moves most, the
+    teacher's clean targets kept. Its scores are compared on the very adversarial images of the
+    oblivious attacks above (they attack the teacher only), and attacked by the adaptive PGD
+    white-box (against the robust student itself) and gray-box (the adversarial images made
+    against the plain detector's student, the attacker not knowing of the robust training).
+    """
+    from ..augment import adversarial_augment
+
+    eps = cfg.defence_eps if cfg.defence_eps is not None else max(cfg.adaptive_budgets())
+    train_eps = cfg.robust_eps if cfg.robust_eps is not None else eps
+    epochs = cfg.robust_epochs or cfg.ensemble_epochs
+    seed = 1_000_003 * (cfg.seed + 1) + 77
+
+    def factory(student: Any) -> Callable:
+        return adversarial_augment(
+            student, eps=train_eps, steps=cfg.robust_steps, p_adv=cfg.robust_p_adv
+        )
+
+    (student,) = _fit_students(cfg, data, models, [seed], epochs=epochs, augment_factory=factory)
+    det = ModelDistillation(
+        distilled_model=student,
+        model=models.teacher,
+        loss_type=models.ad.loss_type,
+        temperature=models.ad.temperature,
+    )
+    scorer = _Scorer(models.teacher, [det], "mean")
+    held_scores, _ = scorer(data.x_eval[held])
+    thresholds = {k: float(np.quantile(held_scores[k], 1.0 - cfg.fpr)) for k in SCORES}
+    threshold = thresholds["distillation"]
+    clean, _ = scorer(x)
+    attacks_out: dict[str, list[dict[str, Any]]] = {}
+    for key, x_adv in x_attacks.items():
+        if key[0] == "adaptive":
+            continue
+        name, e = key
+        entry, _, _ = _entry(e, x, x_adv, y, clean, thresholds, scorer)
+        attacks_out.setdefault(name, []).append(entry)
+        logger.info(
+            f"robust defence: {name} eps={e:g}: AUROC distillation "
+            f"{entry['auroc']['distillation']:.3f}"
+        )
+    lambdas = list(dict.fromkeys([*cfg.lambdas, *cfg.robust_extra_lambdas]))
+    white: list[dict[str, Any]] = []
+    gray: list[dict[str, Any]] = []
+    for e in cfg.adaptive_budgets():
+        for lam in lambdas:
+            x_white = _adaptive(cfg, models.teacher, [student], det, x, y, e, lam)
+            white.append(_adaptive_entry(e, lam, y, x_white, clean, threshold, scorer))
+            x_gray = x_attacks.get(("adaptive", e, lam))
+            if x_gray is not None:
+                gray.append(_adaptive_entry(e, lam, y, x_gray, clean, threshold, scorer))
+            logger.info(
+                f"robust defence eps={e:g} lambda={lam:g}: undetected success white-box "
+                f"{white[-1]['undetected_success_rate']:.3f}"
+                + (
+                    f", gray-box {gray[-1]['undetected_success_rate']:.3f}"
+                    if x_gray is not None
+                    else ""
+                )
+            )
+    worst = max(white, key=lambda r: r["undetected_success_rate"]) if white else None
+    return {
+        "eps": eps,
+        "student": {
+            "architecture": {"name": models.student_spec[0], "kwargs": models.student_spec[1]},
+            "n_train": int(min(cfg.ensemble_n_train, len(data.x_train))),
+            "epochs": epochs,
+            "train_eps": train_eps,
+            "steps": cfg.robust_steps,
+            "step_size": 2.5 * train_eps / cfg.robust_steps,
+            "p_adv": cfg.robust_p_adv,
+            "objective": "PGD L-inf maximising KL(student(x) || student(x')); teacher target "
+            "on the clean x",
+        },
+        "thresholds": thresholds,
+        "clean_score_mean": float(clean["distillation"].mean()),
+        "attacks": attacks_out,
+        "lambdas": lambdas,
+        "white_box": white,
+        "gray_box": gray,
+        "gray_box_attacker": "adaptive PGD against the plain detector's student (the attacker "
+        "does not know of the robust training)",
+        "worst_white_box": worst,
     }

@@ -99,6 +99,40 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="secret students of the ensemble defence, 0 to skip it (default 3; --quick: 2)",
     )
     p.add_argument(
+        "--defence",
+        type=_names,
+        default=None,
+        help="comma-separated defences: ensemble (secret-seed students) and/or robust (an "
+        "adversarially distilled student) (default: ensemble)",
+    )
+    p.add_argument(
+        "--defence-eps",
+        type=float,
+        default=None,
+        help="eps of the ensemble defence's attacks (default: the largest adaptive eps)",
+    )
+    p.add_argument(
+        "--robust-eps",
+        type=float,
+        default=None,
+        help="training budget of the robust student (default: the defence eps)",
+    )
+    p.add_argument(
+        "--robust-steps", type=int, default=None, help="PGD steps of robust training (default 5)"
+    )
+    p.add_argument(
+        "--robust-p-adv",
+        type=float,
+        default=None,
+        help="fraction of each training batch perturbed (default 0.5)",
+    )
+    p.add_argument(
+        "--robust-epochs",
+        type=int,
+        default=None,
+        help="epochs of the robust student (default: the ensemble's, 5; --quick: 1)",
+    )
+    p.add_argument(
         "--split", default=None, choices=["test", "validation"], help="test, or validation to tune"
     )
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
@@ -130,6 +164,12 @@ _FIELDS = {
     "loss_type": "loss_type",
     "temperature": "temperature",
     "students": "n_students",
+    "defence": "defences",
+    "defence_eps": "defence_eps",
+    "robust_eps": "robust_eps",
+    "robust_steps": "robust_steps",
+    "robust_p_adv": "robust_p_adv",
+    "robust_epochs": "robust_epochs",
     "split": "eval_split",
     "seed": "seed",
     "out": "out",
@@ -170,6 +210,19 @@ def run(args: argparse.Namespace) -> int:
             f"adaptive eps={e['eps']:g} lambda={e['lambda']:g}: success "
             f"{e['attack_success_rate']:.3f}, undetected {e['undetected_success_rate']:.3f}"
         )
+    rob = results.get("defence_robust")
+    if rob is not None:
+        for name, entries in rob["attacks"].items():
+            for e in entries:
+                print(
+                    f"robust defence {name} eps={e['eps']:g}: AUROC distillation "
+                    f"{_f(e['auroc']['distillation'])}"
+                )
+        for e in rob["white_box"]:
+            print(
+                f"robust defence adaptive eps={e['eps']:g} lambda={e['lambda']:g}: undetected "
+                f"white-box {e['undetected_success_rate']:.3f}"
+            )
     print(f"results: {results['out']}/results.json, report: {results['out']}/report.md")
     return 0
 

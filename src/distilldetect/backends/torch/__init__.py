@@ -5,12 +5,13 @@
 * :mod:`.models` — the model zoo (ResNet-20, the seed's student, a CNN, an MLP);
 * :mod:`.io` — weights as safetensors, zoo architectures rebuilt by name, never pickle;
 * :mod:`.attacks` — FGSM, PGD, Carlini-Wagner L2 and the adaptive PGD, by gradients;
+* :mod:`.robust` — adversarial (TRADES-style) augmentation of a student's training batches;
 * :mod:`.fast` — optional CPU speed-ups that keep outputs equal up to float rounding.
 """
 
 from __future__ import annotations
 
-from . import attacks
+from . import attacks, robust
 from .io import load_model, load_weights_file, save_model
 from .models import build as build_model
 from .runtime import (
@@ -32,6 +33,7 @@ FRAMEWORK = "pytorch"
 __all__ = [
     "FRAMEWORK",
     "attacks",
+    "robust",
     "Trainer",
     "build_model",
     "distillation_loss",
