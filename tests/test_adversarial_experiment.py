@@ -45,7 +45,8 @@ def _rate(v) -> bool:
 @needs_data
 def test_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "adv"
-    assert main(["adversarial", "--quick", "--out", str(out), "-q"]) == 0
+    argv = ["adversarial", "--quick", "--out", str(out), "-q", "--defence", "ensemble,robust"]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "results:" in printed and "adaptive eps=0.5" in printed
     data = json.loads((out / "results.json").read_text())
@@ -82,6 +83,20 @@ def test_quick_end_to_end(tmp_path, capsys):
     for key in ("gray_box", "white_box"):
         assert [e["lambda"] for e in d[key]] == [0.0, 0.1]
         assert all(set(e) == ADAPTIVE_KEYS for e in d[key])
+    r = data["defence_robust"]
+    assert r["eps"] == 0.5 and r["student"]["train_eps"] == 0.5 and r["student"]["epochs"] >= 1
+    assert set(r["attacks"]) == {"fgsm", "pgd", "cw", "blackbox"}
+    assert all(set(e) == ENTRY_KEYS for v in r["attacks"].values() for e in v)
+    # the oblivious attacks' very images, rescored: same success, other scores
+    for name, entries in r["attacks"].items():
+        assert entries[0]["attack_success_rate"] == data["attacks"][name][0]["attack_success_rate"]
+    assert [e["lambda"] for e in r["white_box"]] == [0.0, 0.1, 100.0, 1000.0]
+    assert [e["lambda"] for e in r["gray_box"]] == [0.0, 0.1]  # the plain detector's images
+    for e in [*r["white_box"], *r["gray_box"]]:
+        assert set(e) == ADAPTIVE_KEYS and e["undetected_success_rate"] <= e["attack_success_rate"]
+    assert r["worst_white_box"]["undetected_success_rate"] == max(
+        e["undetected_success_rate"] for e in r["white_box"]
+    )
     for name in (
         "report.md",
         "roc_fgsm.png",
@@ -97,6 +112,7 @@ def test_quick_end_to_end(tmp_path, capsys):
     assert (out / "roc_pgd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "## Adaptive attack" in report and "gray-box" in report
+    assert "## Defence: a robust (adversarially distilled) student" in report
     assert data["timings"]["total"] < 120
 
 
@@ -113,6 +129,10 @@ def test_quick_end_to_end(tmp_path, capsys):
         (["--dataset", "mnist"], "invalid choice"),
         (["--temperature", "-1"], "temperature must be"),
         (["--n-eval", "0"], "n_eval must be an integer >= 1"),
+        (["--defence", "ensemble,magic"], "defences must be a list of 'ensemble' and/or 'robust'"),
+        (["--robust-p-adv", "1.5"], "robust_p_adv must be a number in (0, 1]"),
+        (["--robust-eps", "-0.1"], "robust_eps must be a finite number > 0"),
+        (["--robust-epochs", "0"], "robust_epochs must be an integer >= 1"),
     ],
 )
 def test_cli_errors_are_one_line_exit_2(argv, match, tmp_path, capsys):

@@ -101,7 +101,7 @@ def plot_detection_vs_eps(results: dict[str, Any]) -> Any:
 
 def plot_adaptive(results: dict[str, Any]) -> Any:
     """Undetected success of the adaptive attack against lambda (one line per eps), and the
-    ensemble defence's gray-box / white-box lines."""
+    defences' gray-box / white-box lines (ensemble of students, robust student)."""
     from ..plotting import new_figure
 
     fig = new_figure(5.2, 3.8)
@@ -109,7 +109,8 @@ def plot_adaptive(results: dict[str, Any]) -> Any:
     by_eps: dict[float, list[dict[str, Any]]] = {}
     for e in results["adaptive"]:
         by_eps.setdefault(e["eps"], []).append(e)
-    lams_all = sorted({e["lambda"] for e in results["adaptive"]})
+    robust_entries = (results.get("defence_robust") or {}).get("white_box", [])
+    lams_all = sorted({e["lambda"] for e in [*results["adaptive"], *robust_entries]})
     positive = [lam for lam in lams_all if lam > 0]
     zero_at = min(positive) / 10 if positive else 1.0
 
@@ -130,6 +131,16 @@ def plot_adaptive(results: dict[str, Any]) -> Any:
                 color="k" if key == "white_box" else "0.4",
                 label=f"ensemble of {defence['n_students']}, {label}, eps={defence['eps']:g}",
             )  # fmt: skip
+    robust = results.get("defence_robust")
+    if robust:
+        for key, ls, label in (("gray_box", "--", "gray-box"), ("white_box", "-", "white-box")):
+            entries = robust[key]
+            if entries:
+                ax.plot(
+                    xs(entries), [e["undetected_success_rate"] for e in entries], ls=ls,
+                    marker="^", color="tab:red",
+                    label=f"robust student, {label}, eps={robust['eps']:g}",
+                )  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel(f"lambda (score weight; lambda=0 drawn at {zero_at:g})")
     ax.set_ylabel("undetected success rate")
@@ -266,11 +277,64 @@ def render_markdown(results: dict[str, Any], figures: list[str]) -> str:
                 f"{_f(w['auroc'])} |"
             )
         lines.append("")
+    lines += _robust_lines(results)
     if results.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
     if figures:
         lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
     return "\n".join(lines)
+
+
+def _robust_lines(results: dict[str, Any]) -> list[str]:
+    """report.md's section on the robust (adversarially distilled) student, if it ran."""
+    robust = results.get("defence_robust")
+    if not robust:
+        return []
+    st = robust["student"]
+    lines = [
+        "## Defence: a robust (adversarially distilled) student",
+        "",
+        f"One student ({st['architecture']['name']}, {st['epochs']} epochs on {st['n_train']} "
+        f"training images) distilled with a fraction {st['p_adv']:g} of every batch moved by "
+        f"PGD-{st['steps']} within L-inf {st['train_eps']:g} to where its own output moves "
+        "most, the teacher's target kept from the clean image. Threshold at "
+        f"{100 * results['fpr']:.0f} % FPR on the held-out clean images "
+        f"({_f(robust['thresholds']['distillation'])}; clean mean score "
+        f"{_f(robust['clean_score_mean'])}).",
+        "",
+    ]
+    if robust["attacks"]:
+        lines += [
+            "Oblivious attacks (the same adversarial images as above, rescored):",
+            "",
+            "| attack | eps | success | AUROC distillation | TPR@5% distillation |",
+            "|---|---|---|---|---|",
+        ]
+        for name, entries in robust["attacks"].items():
+            for e in entries:
+                lines.append(
+                    f"| {_LABELS[name]} | {e['eps']:g} | {_f(e['attack_success_rate'])} | "
+                    f"{_f(e['auroc']['distillation'])} | {_f(e['tpr_at_fpr']['distillation'])} |"
+                )
+        lines.append("")
+    gray = {(e["eps"], e["lambda"]): e for e in robust["gray_box"]}
+    lines += [
+        "Adaptive PGD, white-box (against the robust student itself) and gray-box (the images "
+        "made against the plain detector's student):",
+        "",
+        "| eps | lambda | white-box success | white-box undetected | white-box AUROC | "
+        "gray-box undetected |",
+        "|---|---|---|---|---|---|",
+    ]
+    for w in robust["white_box"]:
+        g = gray.get((w["eps"], w["lambda"]))
+        lines.append(
+            f"| {w['eps']:g} | {w['lambda']:g} | {_f(w['attack_success_rate'])} | "
+            f"{_f(w['undetected_success_rate'])} | {_f(w['auroc'])} | "
+            f"{_f(None if g is None else g['undetected_success_rate'])} |"
+        )
+    lines.append("")
+    return lines
 
 
 def write_outputs(results: dict[str, Any], out: Any, examples: dict[str, Any]) -> list[str]:
@@ -280,7 +344,7 @@ def write_outputs(results: dict[str, Any], out: Any, examples: dict[str, Any]) -
         figures[f"roc_{name}.png"] = plot_adversarial_roc(results, name)
     if results["attacks"]:
         figures["detection_vs_eps.png"] = plot_detection_vs_eps(results)
-    if results["adaptive"]:
+    if results["adaptive"] or results.get("defence_robust"):
         figures["adaptive.png"] = plot_adaptive(results)
     if examples:
         figures["examples.png"] = plot_examples(examples)
