@@ -78,6 +78,12 @@ def test_quick_end_to_end(tmp_path, capsys):
         assert set(e) == ADAPTIVE_KEYS
         assert _rate(e["undetected_success_rate"]) and _rate(e["attack_success_rate"])
         assert e["undetected_success_rate"] <= e["attack_success_rate"]
+    # the attacker who keeps, per image, a lambda that works does at least as well as any one
+    (any_l,) = data["adaptive_any_lambda"]
+    assert any_l["eps"] == 0.5
+    best = max(e["undetected_success_rate"] for e in data["adaptive"])
+    assert best <= any_l["undetected_success_rate"] <= 1.0
+    assert "any lambda: undetected" in printed
     d = data["defence"]
     assert d["n_students"] == 2 and d["n_surrogates"] == 1 and d["eps"] == 0.5
     for key in ("gray_box", "white_box"):
@@ -94,6 +100,11 @@ def test_quick_end_to_end(tmp_path, capsys):
     assert [e["lambda"] for e in r["gray_box"]] == [0.0, 0.1]  # the plain detector's images
     for e in [*r["white_box"], *r["gray_box"]]:
         assert set(e) == ADAPTIVE_KEYS and e["undetected_success_rate"] <= e["attack_success_rate"]
+    (w_any,) = r["white_box_any_lambda"]
+    assert w_any["undetected_success_rate"] >= max(
+        e["undetected_success_rate"] for e in r["white_box"]
+    )
+    assert len(r["gray_box_any_lambda"]) == 1 and len(d["white_box_any_lambda"]) == 1
     assert r["worst_white_box"]["undetected_success_rate"] == max(
         e["undetected_success_rate"] for e in r["white_box"]
     )

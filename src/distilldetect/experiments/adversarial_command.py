@@ -210,6 +210,10 @@ def run(args: argparse.Namespace) -> int:
             f"adaptive eps={e['eps']:g} lambda={e['lambda']:g}: success "
             f"{e['attack_success_rate']:.3f}, undetected {e['undetected_success_rate']:.3f}"
         )
+    for e in results.get("adaptive_any_lambda", []):
+        print(
+            f"adaptive eps={e['eps']:g} any lambda: undetected {e['undetected_success_rate']:.3f}"
+        )
     rob = results.get("defence_robust")
     if rob is not None:
         for name, entries in rob["attacks"].items():
@@ -222,6 +226,11 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"robust defence adaptive eps={e['eps']:g} lambda={e['lambda']:g}: undetected "
                 f"white-box {e['undetected_success_rate']:.3f}"
+            )
+        for e in rob["white_box_any_lambda"]:
+            print(
+                f"robust defence adaptive eps={e['eps']:g} any lambda: undetected white-box "
+                f"{e['undetected_success_rate']:.3f}"
             )
     print(f"results: {results['out']}/results.json, report: {results['out']}/report.md")
     return 0
