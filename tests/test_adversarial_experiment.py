@@ -144,6 +144,7 @@ def test_quick_end_to_end(tmp_path, capsys):
         (["--robust-p-adv", "1.5"], "robust_p_adv must be a number in (0, 1]"),
         (["--robust-eps", "-0.1"], "robust_eps must be a finite number > 0"),
         (["--robust-epochs", "0"], "robust_epochs must be an integer >= 1"),
+        (["--adaptive-steps", "0"], "adaptive_steps must be an integer >= 1"),
     ],
 )
 def test_cli_errors_are_one_line_exit_2(argv, match, tmp_path, capsys):

@@ -72,6 +72,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="adaptive attack's score weights (default 0,0.01,0.1,1,10; --quick: 0,0.1)",
     )
     p.add_argument(
+        "--adaptive-steps",
+        type=int,
+        default=None,
+        help="PGD steps of the adaptive attack, also against the defences (default 40; "
+        "--quick: 10)",
+    )
+    p.add_argument(
         "--n-eval", type=int, default=None, help="images attacked (default 1000; --quick: 100)"
     )
     p.add_argument(
@@ -164,6 +171,7 @@ _FIELDS = {
     "loss_type": "loss_type",
     "temperature": "temperature",
     "students": "n_students",
+    "adaptive_steps": "adaptive_steps",
     "defence": "defences",
     "defence_eps": "defence_eps",
     "robust_eps": "robust_eps",
