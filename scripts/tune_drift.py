@@ -80,7 +80,20 @@ def score_variants(pools: dict[str, np.ndarray]) -> dict[str, Callable[[str], np
         out[f"ens{k}_mean"] = lambda part: np.mean([_xent(p(part), q(part, s)) for s in same], 0)
         out[f"ens{k}_max"] = lambda part: np.max([_xent(p(part), q(part, s)) for s in same], 0)
         out[f"ens{k}_meanq"] = lambda part: _xent(p(part), np.mean([q(part, s) for s in same], 0))
-    if len(names) > len(same) and len(names) >= 3:
+    cnn32 = [s for s in ("cnn32", "cnn32b", "cnn32c") if s in names]
+    if len(cnn32) >= 2:  # the study's student, several seeds
+        k = len(cnn32)
+        out[f"cnn32x{k}_mean"] = lambda part: np.mean(
+            [_xent(p(part), q(part, s)) for s in cnn32], 0
+        )
+        out[f"cnn32x{k}_meanq"] = lambda part: _xent(
+            p(part), np.mean([q(part, s) for s in cnn32], 0)
+        )
+    if "s0" in names and "cnn32" in names:
+        out["s0_cnn32_mean"] = lambda part: np.mean(
+            [_xent(p(part), q(part, s)) for s in ("s0", "cnn32")], 0
+        )
+    if len(names) > len(same) and len(names) >= 3 and not cnn32[1:]:
         out[f"ens{len(names)}_mean"] = lambda part: np.mean(
             [_xent(p(part), q(part, s)) for s in names], 0
         )

@@ -36,6 +36,9 @@ STUDENTS = [
     ("cnn", "cnn_classifier", {"filters": [16, 32], "dense": [64]}, 41, 40),
     ("cnn32", "cnn_classifier", {"filters": [32, 64], "dense": [64]}, 51, 50),
     ("cnn_d128", "cnn_classifier", {"filters": [16, 32], "dense": [128]}, 61, 60),
+    # the study's student with other seeds: ensembles of the student in use
+    ("cnn32b", "cnn_classifier", {"filters": [32, 64], "dense": [64]}, 71, 70),
+    ("cnn32c", "cnn_classifier", {"filters": [32, 64], "dense": [64]}, 81, 80),
 ]
 
 

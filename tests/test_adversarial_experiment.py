@@ -105,6 +105,11 @@ def test_quick_end_to_end(tmp_path, capsys):
         e["undetected_success_rate"] for e in r["white_box"]
     )
     assert len(r["gray_box_any_lambda"]) == 1 and len(d["white_box_any_lambda"]) == 1
+    pair = r["pair"]
+    assert pair["reduce"] == "mean" and set(pair["attacks"]) == set(r["attacks"])
+    assert [e["lambda"] for e in pair["white_box"]] == [0.0, 0.1, 100.0, 1000.0]
+    assert pair["thresholds"]["distillation"] != r["thresholds"]["distillation"]
+    assert "robust + plain pair adaptive eps=0.5 any lambda" in printed
     assert r["worst_white_box"]["undetected_success_rate"] == max(
         e["undetected_success_rate"] for e in r["white_box"]
     )
@@ -124,7 +129,7 @@ def test_quick_end_to_end(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "## Adaptive attack" in report and "gray-box" in report
     assert "## Defence: a robust (adversarially distilled) student" in report
-    assert data["timings"]["total"] < 120
+    assert "### The pair: mean of the plain and the robust student's scores" in report
 
 
 @pytest.mark.parametrize(

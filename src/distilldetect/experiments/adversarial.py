@@ -834,14 +834,17 @@ def _robust_defence(
     held: np.ndarray,
     x_attacks: dict[Any, np.ndarray],
 ) -> dict[str, Any]:
-    """A robust (adversarially distilled) student as the detector's student.
+    """A robust (adversarially distilled) student as the detector's student, alone and paired
+    with the plain detector's student.
 
     The student is distilled with :func:`distilldetect.augment.adversarial_augment`: a fraction
     of every batch moved within ``robust_eps`` where the student's own output moves most, the
-    teacher's clean targets kept. Its scores are compared on the very adversarial images of the
-    oblivious attacks above (they attack the teacher only), and attacked by the adaptive PGD
-    white-box (against the robust student itself) and gray-box (the adversarial images made
-    against the plain detector's student, the attacker not knowing of the robust training).
+    teacher's clean targets kept. Two detectors are evaluated: the robust student alone, and
+    the *pair* (score = mean of the plain and the robust student's scores). Each is compared on
+    the very adversarial images of the oblivious attacks above (they attack the teacher only),
+    and attacked by the adaptive PGD white-box (against its own students) and gray-box (the
+    adversarial images made against the plain detector's student, the attacker not knowing of
+    the robust training).
     """
     from ..augment import adversarial_augment
 
@@ -862,44 +865,14 @@ def _robust_defence(
         loss_type=models.ad.loss_type,
         temperature=models.ad.temperature,
     )
-    scorer = _Scorer(models.teacher, [det], "mean")
-    held_scores, _ = scorer(data.x_eval[held])
-    thresholds = {k: float(np.quantile(held_scores[k], 1.0 - cfg.fpr)) for k in SCORES}
-    threshold = thresholds["distillation"]
-    clean, _ = scorer(x)
-    attacks_out: dict[str, list[dict[str, Any]]] = {}
-    for key, x_adv in x_attacks.items():
-        if key[0] == "adaptive":
-            continue
-        name, e = key
-        entry, _, _ = _entry(e, x, x_adv, y, clean, thresholds, scorer)
-        attacks_out.setdefault(name, []).append(entry)
-        logger.info(
-            f"robust defence: {name} eps={e:g}: AUROC distillation "
-            f"{entry['auroc']['distillation']:.3f}"
-        )
     lambdas = list(dict.fromkeys([*cfg.lambdas, *cfg.robust_extra_lambdas]))
-    white: list[dict[str, Any]] = []
-    gray: list[dict[str, Any]] = []
-    white_any: dict[float, np.ndarray] = {}
-    gray_any: dict[float, np.ndarray] = {}
-    for e in cfg.adaptive_budgets():
-        for lam in lambdas:
-            x_white = _adaptive(cfg, models.teacher, [student], det, x, y, e, lam)
-            white.append(_adaptive_entry(e, lam, y, x_white, clean, threshold, scorer, white_any))
-            x_gray = x_attacks.get(("adaptive", e, lam))
-            if x_gray is not None:
-                gray.append(_adaptive_entry(e, lam, y, x_gray, clean, threshold, scorer, gray_any))
-            logger.info(
-                f"robust defence eps={e:g} lambda={lam:g}: undetected success white-box "
-                f"{white[-1]['undetected_success_rate']:.3f}"
-                + (
-                    f", gray-box {gray[-1]['undetected_success_rate']:.3f}"
-                    if x_gray is not None
-                    else ""
-                )
-            )
-    worst = max(white, key=lambda r: r["undetected_success_rate"]) if white else None
+    out = _evaluate_defence(
+        cfg, models, data, x, y, held, x_attacks, [det], [student], lambdas, "robust defence"
+    )
+    pair = _evaluate_defence(
+        cfg, models, data, x, y, held, x_attacks, [models.ad, det],
+        [models.ad.distilled_model, student], lambdas, "robust + plain pair",
+    )  # fmt: skip
     return {
         "eps": eps,
         "student": {
@@ -913,14 +886,69 @@ def _robust_defence(
             "objective": "PGD L-inf maximising KL(student(x) || student(x')); teacher target "
             "on the clean x",
         },
+        **out,
+        "lambdas": lambdas,
+        "gray_box_attacker": "adaptive PGD against the plain detector's student (the attacker "
+        "does not know of the robust training)",
+        "pair": {"reduce": "mean", **pair},
+    }
+
+
+def _evaluate_defence(
+    cfg: AdversarialConfig,
+    models: _Models,
+    data: stages.StudyData,
+    x: np.ndarray,
+    y: np.ndarray,
+    held: np.ndarray,
+    x_attacks: dict[Any, np.ndarray],
+    detectors: list[ModelDistillation],
+    students: list[Any],
+    lambdas: list[float],
+    what: str,
+) -> dict[str, Any]:
+    """Thresholds, rescored oblivious attacks, white-box and gray-box adaptive attacks of one
+    defending detector (the mean score of ``detectors``)."""
+    scorer = _Scorer(models.teacher, detectors, "mean")
+    held_scores, _ = scorer(data.x_eval[held])
+    thresholds = {k: float(np.quantile(held_scores[k], 1.0 - cfg.fpr)) for k in SCORES}
+    threshold = thresholds["distillation"]
+    clean, _ = scorer(x)
+    attacks_out: dict[str, list[dict[str, Any]]] = {}
+    for key, x_adv in x_attacks.items():
+        if key[0] == "adaptive":
+            continue
+        name, e = key
+        entry, _, _ = _entry(e, x, x_adv, y, clean, thresholds, scorer)
+        attacks_out.setdefault(name, []).append(entry)
+        logger.info(f"{what}: {name} eps={e:g}: AUROC {entry['auroc']['distillation']:.3f}")
+    white: list[dict[str, Any]] = []
+    gray: list[dict[str, Any]] = []
+    white_any: dict[float, np.ndarray] = {}
+    gray_any: dict[float, np.ndarray] = {}
+    for e in cfg.adaptive_budgets():
+        for lam in lambdas:
+            x_white = _adaptive(cfg, models.teacher, students, detectors[-1], x, y, e, lam)
+            white.append(_adaptive_entry(e, lam, y, x_white, clean, threshold, scorer, white_any))
+            x_gray = x_attacks.get(("adaptive", e, lam))
+            if x_gray is not None:
+                gray.append(_adaptive_entry(e, lam, y, x_gray, clean, threshold, scorer, gray_any))
+            logger.info(
+                f"{what} eps={e:g} lambda={lam:g}: undetected success white-box "
+                f"{white[-1]['undetected_success_rate']:.3f}"
+                + (
+                    f", gray-box {gray[-1]['undetected_success_rate']:.3f}"
+                    if x_gray is not None
+                    else ""
+                )
+            )
+    worst = max(white, key=lambda r: r["undetected_success_rate"]) if white else None
+    return {
         "thresholds": thresholds,
         "clean_score_mean": float(clean["distillation"].mean()),
         "attacks": attacks_out,
-        "lambdas": lambdas,
         "white_box": white,
         "gray_box": gray,
-        "gray_box_attacker": "adaptive PGD against the plain detector's student (the attacker "
-        "does not know of the robust training)",
         "worst_white_box": worst,
         "white_box_any_lambda": _any_lambda(white_any),
         "gray_box_any_lambda": _any_lambda(gray_any),

@@ -235,11 +235,12 @@ def run(args: argparse.Namespace) -> int:
                 f"robust defence adaptive eps={e['eps']:g} lambda={e['lambda']:g}: undetected "
                 f"white-box {e['undetected_success_rate']:.3f}"
             )
-        for e in rob["white_box_any_lambda"]:
-            print(
-                f"robust defence adaptive eps={e['eps']:g} any lambda: undetected white-box "
-                f"{e['undetected_success_rate']:.3f}"
-            )
+        for who, d in (("robust defence", rob), ("robust + plain pair", rob["pair"])):
+            for e in d["white_box_any_lambda"]:
+                print(
+                    f"{who} adaptive eps={e['eps']:g} any lambda: undetected white-box "
+                    f"{e['undetected_success_rate']:.3f}"
+                )
     print(f"results: {results['out']}/results.json, report: {results['out']}/report.md")
     return 0
 

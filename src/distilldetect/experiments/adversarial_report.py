@@ -141,6 +141,13 @@ def plot_adaptive(results: dict[str, Any]) -> Any:
                     marker="^", color="tab:red",
                     label=f"robust student, {label}, eps={robust['eps']:g}",
                 )  # fmt: skip
+        pair = robust.get("pair")
+        if pair and pair["white_box"]:
+            ax.plot(
+                xs(pair["white_box"]), [e["undetected_success_rate"] for e in pair["white_box"]],
+                ls="-", marker="v", color="tab:purple",
+                label=f"plain + robust pair, white-box, eps={robust['eps']:g}",
+            )  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel(f"lambda (score weight; lambda=0 drawn at {zero_at:g})")
     ax.set_ylabel("undetected success rate")
@@ -312,36 +319,52 @@ def _robust_lines(results: dict[str, Any]) -> list[str]:
         f"One student ({st['architecture']['name']}, {st['epochs']} epochs on {st['n_train']} "
         f"training images) distilled with a fraction {st['p_adv']:g} of every batch moved by "
         f"PGD-{st['steps']} within L-inf {st['train_eps']:g} to where its own output moves "
-        "most, the teacher's target kept from the clean image. Threshold at "
-        f"{100 * results['fpr']:.0f} % FPR on the held-out clean images "
-        f"({_f(robust['thresholds']['distillation'])}; clean mean score "
-        f"{_f(robust['clean_score_mean'])}).",
+        "most, the teacher's target kept from the clean image. Thresholds at "
+        f"{100 * results['fpr']:.0f} % FPR on the held-out clean images. Gray-box: the "
+        "adaptive images made against the plain detector's student; white-box: the adaptive "
+        "attack against the defending students themselves.",
+        "",
+        "### The robust student alone",
+        "",
+        *_defence_table(robust, "robust student"),
+    ]
+    pair = robust.get("pair")
+    if pair:
+        lines += [
+            "### The pair: mean of the plain and the robust student's scores",
+            "",
+            *_defence_table(pair, "pair"),
+        ]
+    return lines
+
+
+def _defence_table(d: dict[str, Any], who: str) -> list[str]:
+    lines = [
+        f"Threshold {_f(d['thresholds']['distillation'])}; clean mean score "
+        f"{_f(d['clean_score_mean'])}.",
         "",
     ]
-    if robust["attacks"]:
+    if d["attacks"]:
         lines += [
             "Oblivious attacks (the same adversarial images as above, rescored):",
             "",
             "| attack | eps | success | AUROC distillation | TPR@5% distillation |",
             "|---|---|---|---|---|",
         ]
-        for name, entries in robust["attacks"].items():
+        for name, entries in d["attacks"].items():
             for e in entries:
                 lines.append(
                     f"| {_LABELS[name]} | {e['eps']:g} | {_f(e['attack_success_rate'])} | "
                     f"{_f(e['auroc']['distillation'])} | {_f(e['tpr_at_fpr']['distillation'])} |"
                 )
         lines.append("")
-    gray = {(e["eps"], e["lambda"]): e for e in robust["gray_box"]}
+    gray = {(e["eps"], e["lambda"]): e for e in d["gray_box"]}
     lines += [
-        "Adaptive PGD, white-box (against the robust student itself) and gray-box (the images "
-        "made against the plain detector's student):",
-        "",
         "| eps | lambda | white-box success | white-box undetected | white-box AUROC | "
         "gray-box undetected |",
         "|---|---|---|---|---|---|",
     ]
-    for w in robust["white_box"]:
+    for w in d["white_box"]:
         g = gray.get((w["eps"], w["lambda"]))
         lines.append(
             f"| {w['eps']:g} | {w['lambda']:g} | {_f(w['attack_success_rate'])} | "
@@ -349,8 +372,8 @@ def _robust_lines(results: dict[str, Any]) -> list[str]:
             f"{_f(None if g is None else g['undetected_success_rate'])} |"
         )
     lines.append("")
-    lines += _any_lambda_line(robust.get("gray_box_any_lambda"), "robust student, gray-box")
-    lines += _any_lambda_line(robust.get("white_box_any_lambda"), "robust student, white-box")
+    lines += _any_lambda_line(d.get("gray_box_any_lambda"), f"{who}, gray-box")
+    lines += _any_lambda_line(d.get("white_box_any_lambda"), f"{who}, white-box")
     return lines
 
 
