@@ -169,3 +169,25 @@ def workers(request, monkeypatch) -> int:
     monkeypatch.setattr(pf, "MIN_ROWS_PER_WORKER", 1)
     monkeypatch.setattr(compose, "MIN_MACS_TO_COMPOSE", 0)
     return request.param
+
+
+@pytest.fixture(scope="module")
+def attack_digits():
+    """A torch MLP teacher trained on the 8x8 digits, its training images, and 200 test images
+    it classifies correctly with their labels (the attacks' and robust student's tests)."""
+    torch = pytest.importorskip("torch")
+    from sklearn.datasets import load_digits
+
+    from distilldetect.backends.torch.models import mlp
+    from distilldetect.backends.torch.runtime import train_classifier
+    from distilldetect.utils import predict_batch
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32).reshape(-1, 8, 8)
+    torch.manual_seed(0)
+    net = mlp((8, 8), 10, (64,))
+    train_classifier(net, X[:1200], y[:1200], epochs=12, seed=0, verbose=False)
+    xt, yt = X[1200:], y[1200:]
+    right = predict_batch(xt, net).argmax(1) == yt
+    assert right.mean() > 0.8
+    return net, X[:1200], xt[right][:200], yt[right][:200].astype(np.int64)

@@ -11,25 +11,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sklearn.datasets import load_digits  # noqa: E402
 
 from distilldetect import ModelDistillation, attacks  # noqa: E402
 from distilldetect.backends.torch.models import mlp  # noqa: E402
-from distilldetect.backends.torch.runtime import train_classifier  # noqa: E402
 from distilldetect.utils import predict_batch  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def digits():
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16.0).astype(np.float32).reshape(-1, 8, 8)
-    torch.manual_seed(0)
-    net = mlp((8, 8), 10, (64,))
-    train_classifier(net, X[:1200], y[:1200], epochs=12, seed=0, verbose=False)
-    xt, yt = X[1200:], y[1200:]
-    right = predict_batch(xt, net).argmax(1) == yt
-    assert right.mean() > 0.8
-    return net, X[:1200], xt[right][:200], yt[right][:200].astype(np.int64)
+def digits(attack_digits):
+    return attack_digits
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sklearn.datasets import load_digits  # noqa: E402
 
 from distilldetect import ModelDistillation, attacks  # noqa: E402
 from distilldetect.augment import adversarial_augment  # noqa: E402
@@ -23,15 +22,8 @@ from distilldetect.utils import predict_batch  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def digits():
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16.0).astype(np.float32).reshape(-1, 8, 8)
-    torch.manual_seed(0)
-    net = mlp((8, 8), 10, (64,))
-    train_classifier(net, X[:1200], y[:1200], epochs=12, seed=0, verbose=False)
-    xt, yt = X[1200:], y[1200:]
-    right = predict_batch(xt, net).argmax(1) == yt
-    return net, X[:1200], xt[right][:200], yt[right][:200].astype(np.int64)
+def digits(attack_digits):
+    return attack_digits
 
 
 def _student(seed: int) -> torch.nn.Module:
