@@ -75,6 +75,15 @@ def score_variants(pools: dict[str, np.ndarray]) -> dict[str, Callable[[str], np
     for s in names:
         out[s] = lambda part, s=s: _xent(p(part), q(part, s))
     out["entropy"] = lambda part: predictive_entropy(p(part))
+    if "cnn32" in names:  # xent = H(teacher_T) + KL(teacher_T || student): reweight the parts
+        for w in (0.0, 0.5, 0.75, 1.5, 2.0, 3.0):
+
+            def mixed(part: str, w: float = w) -> np.ndarray:
+                pt = sharpen(p(part).astype(np.float64), 0.5)
+                h = predictive_entropy(pt)
+                return _xent(p(part), q(part, "cnn32")) - (1 - w) * h
+
+            out[f"cnn32_h{int(100 * w)}"] = mixed
     if len(same) >= 2:
         k = len(same)
         out[f"ens{k}_mean"] = lambda part: np.mean([_xent(p(part), q(part, s)) for s in same], 0)
@@ -249,7 +258,9 @@ def make_tests(m: int, sims: int) -> dict[str, Callable[[np.ndarray, np.ndarray]
         ("wauc8", wauc_statistic(8)),
         ("wauc10", wauc_statistic(10)),
         ("wauc12", wauc_statistic(12)),
+        ("wauc16", wauc_statistic(16)),
         ("wauc20", wauc_statistic(20)),
+        ("wauc30", wauc_statistic(30)),
         ("tail_log", lambda counts, m: -np.log1p(-(1 - counts / m) * m / (m + 1)).sum(axis=1)),
     ):
         mc = MonteCarloNull(statistic, m, sims)
@@ -258,10 +269,10 @@ def make_tests(m: int, sims: int) -> dict[str, Callable[[np.ndarray, np.ndarray]
     def multi(ref, X):  # min p of count90/95/99, calibrated by Monte Carlo on the counts
         return mc_multi.pvalues(_ref_counts(ref, X))
 
-    def multi_stat(counts, mm):
+    def multi_stat(counts, mm, quantiles=(0.9, 0.95, 0.99)):
         n = counts.shape[1]
         ps = []
-        for q in (0.9, 0.95, 0.99):
+        for q in quantiles:
             k = max(1, int(np.ceil(mm * (1 - q))))
             x = (counts < k).sum(axis=1)  # batch values above the k-th largest ref
             ps.append(stats.betabinom.sf(x - 1, n, k, mm - k + 1))
@@ -269,6 +280,12 @@ def make_tests(m: int, sims: int) -> dict[str, Callable[[np.ndarray, np.ndarray]
 
     mc_multi = MonteCarloNull(multi_stat, m, sims)
     tests["count_multi"] = multi
+
+    def multi_hi_stat(counts, mm):
+        return multi_stat(counts, mm, (0.95, 0.98, 0.99))
+
+    mc_multi_hi = MonteCarloNull(multi_hi_stat, m, sims)
+    tests["count_multi_hi"] = lambda ref, X: mc_multi_hi.pvalues(_ref_counts(ref, X))
     return tests
 
 

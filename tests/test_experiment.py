@@ -155,6 +155,8 @@ def test_validation_split_never_touches_the_test_set(tmp_path, monkeypatch):
         (["--seed", "-1"], "seed must be an integer in [0, 2**32 - 1]"),
         (["--seed", str(2**66)], "seed must be an integer in [0, 2**32 - 1]"),
         (["--n-draws", "0"], "n_draws must be an integer >= 1"),
+        (["--tail-power", "0.5"], "tail_power must be a number in [1, 100]"),
+        (["--tail-power", "nan"], "tail_power must be a number in [1, 100]"),
         (["--power-batch-sizes", "1,10"], "power_batch_sizes must be integers >= 2"),
         (["--n-batches", "0"], "n_batches must be an integer >= 1"),
         (["--teacher", "/nonexistent/teacher"], "is neither a folder"),
@@ -343,3 +345,19 @@ def test_output_dir_ignores_and_cleans_its_own_temporaries(tmp_path):
     out2.write("results.json", "{}")
     out2.finish()
     assert not stale.exists()
+
+
+def test_cli_tail_power_reaches_the_study(tmp_path, monkeypatch):
+    """``--tail-power`` sets the tail-rank test's exponent; without it the default is used."""
+    seen = []
+
+    def fake_run(config):
+        seen.append(config.tail_power)
+        raise SystemExit(0)  # stop before the long work
+
+    monkeypatch.setattr(hd, "run", fake_run)
+    monkeypatch.setattr(hd, "preflight", lambda config: None)
+    for extra in (["--tail-power", "8"], []):
+        with pytest.raises(SystemExit):
+            main(["experiment", "--out", str(tmp_path / "o"), "-q", *extra])
+    assert seen == [8.0, hd.StudyConfig().tail_power] and seen[1] == 12.0

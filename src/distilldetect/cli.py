@@ -254,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"{study.drift_test})",
     )
     drift.add_argument(
+        "--tail-power",
+        type=float,
+        default=None,
+        help=f"weight exponent of the tail-rank test (default: {study.tail_power:g})",
+    )
+    drift.add_argument(
         "--n-draws",
         type=int,
         default=None,
@@ -389,6 +395,7 @@ _EXPERIMENT_FIELDS = {
     "batch_size": "batch_size",
     "p_val": "p_val",
     "drift_test": "drift_test",
+    "tail_power": "tail_power",
     "n_draws": "n_draws",
     "power_batch_sizes": "power_batch_sizes",
     "teacher": "teacher_path",
