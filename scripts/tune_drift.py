@@ -80,8 +80,7 @@ def score_variants(pools: dict[str, np.ndarray]) -> dict[str, Callable[[str], np
 
             def mixed(part: str, w: float = w) -> np.ndarray:
                 pt = sharpen(p(part).astype(np.float64), 0.5)
-                h = predictive_entropy(pt)
-                return _xent(p(part), q(part, "cnn32")) - (1 - w) * h
+                return xent(pt, q(part, "cnn32")) - (1 - w) * predictive_entropy(pt)
 
             out[f"cnn32_h{int(100 * w)}"] = mixed
     if len(same) >= 2:

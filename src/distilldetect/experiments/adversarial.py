@@ -725,7 +725,10 @@ def _adaptive(
     y: np.ndarray,
     eps: float,
     lam: float,
+    reduce: str | None = None,
 ) -> np.ndarray:
+    """Adaptive PGD against ``students``, their scores combined by ``reduce`` (default: the
+    ensemble defence's ``cfg.ensemble_reduce``)."""
     return attack_lib.adaptive_pgd(
         teacher,
         list(students),
@@ -735,7 +738,7 @@ def _adaptive(
         lam=lam,
         temperature=ad.temperature,
         loss_type=ad.loss_type,
-        reduce=cfg.ensemble_reduce,
+        reduce=cfg.ensemble_reduce if reduce is None else reduce,
         steps=cfg.adaptive_steps,
         seed=cfg.seed,
         batch_size=cfg.batch_size,
@@ -908,7 +911,8 @@ def _evaluate_defence(
     what: str,
 ) -> dict[str, Any]:
     """Thresholds, rescored oblivious attacks, white-box and gray-box adaptive attacks of one
-    defending detector (the mean score of ``detectors``)."""
+    defending detector (the mean score of ``detectors``, which the white-box attacker also
+    attacks)."""
     scorer = _Scorer(models.teacher, detectors, "mean")
     held_scores, _ = scorer(data.x_eval[held])
     thresholds = {k: float(np.quantile(held_scores[k], 1.0 - cfg.fpr)) for k in SCORES}
@@ -928,7 +932,9 @@ def _evaluate_defence(
     gray_any: dict[float, np.ndarray] = {}
     for e in cfg.adaptive_budgets():
         for lam in lambdas:
-            x_white = _adaptive(cfg, models.teacher, students, detectors[-1], x, y, e, lam)
+            x_white = _adaptive(
+                cfg, models.teacher, students, detectors[-1], x, y, e, lam, reduce="mean"
+            )
             white.append(_adaptive_entry(e, lam, y, x_white, clean, threshold, scorer, white_any))
             x_gray = x_attacks.get(("adaptive", e, lam))
             if x_gray is not None:
