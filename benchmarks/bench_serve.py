@@ -22,7 +22,10 @@ Protocol:
    ``teacher_probs`` setting. A configuration stops early at its time limit (reported).
 
 Both processes share the machine's cores: the client's own CPU time is part of what limits the
-served figures (noted with the load average in the output).
+served figures (noted with the load average in the output). Each row also says where the time
+went, over the timed requests only: instances per forward pass and the workers' busy share
+(from the server's ``/metrics``), and the CPU cores the server and the client processes used
+(``/proc`` and ``time.process_time``).
 """
 
 from __future__ import annotations
@@ -196,6 +199,7 @@ async def drive(
     time_limit: float,
     client: str = "raw",
     name: str = "fmnist",
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     """Send ``n_requests`` (cycling through ``bodies``) from ``concurrency`` connections."""
     import httpx
@@ -241,17 +245,30 @@ async def drive(
     try:
         await asyncio.gather(*(worker(k, 3) for k in range(concurrency)))  # warm-up
         next_i = 0
+        before = batch_counters(url)
+        server_cpu = cpu_seconds(server_pid) if server_pid else 0.0
+        client_cpu = time.process_time()
         deadline = time.perf_counter() + time_limit
         start = time.perf_counter()
         await asyncio.gather(*(worker(k, None) for k in range(concurrency)))
         elapsed = time.perf_counter() - start
+        # cores each side kept busy (the machine has os.cpu_count() of them)
+        server_cores = (cpu_seconds(server_pid) - server_cpu) / elapsed if server_pid else 0.0
+        client_cores = (time.process_time() - client_cpu) / elapsed
+        after = batch_counters(url)
     finally:
         await hx.aclose()
         for r in raws:
             await r.close()
     lat = np.asarray(latencies)
+    passes = max(after[1] - before[1], 1.0)
     return {
         "client": client,
+        "instances_per_forward": (after[0] - before[0]) / passes,
+        # share of the wall time a scoring worker spent in forward passes (summed over workers)
+        "worker_busy": (after[2] - before[2]) / elapsed,
+        "server_cores": server_cores,
+        "client_cores": client_cores,
         "requests": len(lat),
         "failures": failures,
         "seconds": elapsed,
@@ -260,6 +277,35 @@ async def drive(
         "p99_ms": float(np.percentile(lat, 99) * 1e3),
         "stopped_by_time_limit": len(lat) < n_requests,
     }
+
+
+_COUNTERS = (
+    "distilldetect_batch_instances_sum",
+    "distilldetect_batch_instances_count",
+    "distilldetect_forward_seconds_sum",
+)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process ``pid`` has used (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # pragma: no cover - not Linux
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def batch_counters(url: str) -> tuple[float, float, float]:
+    """(instances, forward passes, forward seconds) so far, from the server's ``/metrics``."""
+    import httpx
+
+    text = httpx.get(url + "/metrics", trust_env=False, timeout=30).text
+    values = {}
+    for line in text.splitlines():
+        for key in _COUNTERS:
+            if line.startswith(key + " ") or line.startswith(key + "{"):
+                values[key] = values.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return tuple(values.get(key, 0.0) for key in _COUNTERS)  # type: ignore[return-value]
 
 
 def main() -> None:
@@ -317,7 +363,16 @@ def main() -> None:
                         )
                         n = max(n, 4 * conc)
                         res = asyncio.run(
-                            drive(url, bodies, conc, n, args.time_limit, client, args.detector)
+                            drive(
+                                url,
+                                bodies,
+                                conc,
+                                n,
+                                args.time_limit,
+                                client,
+                                args.detector,
+                                proc.pid,
+                            )
                         )
                         key = "teacher_probs" if with_probs else "plain"
                         inst = res["requests_per_s"] * size
@@ -336,7 +391,10 @@ def main() -> None:
                             f"{client:5s} size {size:3d} probs {str(with_probs):5s} c={conc:2d}: "
                             f"{res['requests_per_s']:7.1f} req/s {inst:7.0f} inst/s "
                             f"p50 {res['p50_ms']:6.1f} ms p99 {res['p99_ms']:6.1f} ms "
-                            f"ratio {inst / ref[key]:.2f} (n={res['requests']}, "
+                            f"ratio {inst / ref[key]:.2f} batch {res['instances_per_forward']:.1f} "
+                            f"busy {res['worker_busy']:.2f} cores server "
+                            f"{res['server_cores']:.2f} client {res['client_cores']:.2f} "
+                            f"(n={res['requests']}, "
                             f"failures {res['failures']}, load {row['load_average_1min']:.1f})",
                             flush=True,
                         )
@@ -350,15 +408,16 @@ def main() -> None:
     print()
     print(
         "| client | instances/request | teacher_probs | concurrency | requests/s | instances/s "
-        "| p50 ms | p99 ms | ratio to offline |"
+        "| p50 ms | p99 ms | ratio to offline | instances/forward | server cores |"
     )
-    print("|---|---:|:---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['client']} | {r['instances_per_request']} | "
             f"{'yes' if r['teacher_probs'] else 'no'} | "
             f"{r['concurrency']} | {r['requests_per_s']:.0f} | {r['instances_per_s']:.0f} | "
-            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['ratio_to_offline']:.2f} |"
+            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['ratio_to_offline']:.2f} | "
+            f"{r['instances_per_forward']:.1f} | {r['server_cores']:.2f} |"
         )
     print(f"load average (1 min) at start {load_start[0]:.2f}, at end {os.getloadavg()[0]:.2f}")
     if args.json:

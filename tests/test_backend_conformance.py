@@ -182,6 +182,44 @@ def test_concurrent_scoring_is_safe_and_equals_serial(framework, digits):
     assert (modes(teacher, framework), modes(student, framework)) == before
 
 
+def test_sealed_detector_scores_the_same_from_many_threads_and_fit_unseals(framework, digits):
+    """ad.seal(): the same scores, serially and from 4 threads at once; fit withdraws the
+    promise for the student, so scores after it follow the new weights."""
+    ad = ModelDistillation(distilled_model=make(framework, 1), model=make(framework, 0))
+    ad.fit(digits[0][:128], epochs=1, verbose=False, seed=0)
+    X = digits[2][:64]
+    serial = ad.score(X, batch_size=16)
+    assert ad.seal() is ad
+    np.testing.assert_allclose(ad.score(X, batch_size=16), serial, rtol=1e-6, atol=1e-9)
+    results: list[np.ndarray] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def work() -> None:
+        try:
+            barrier.wait(timeout=30)
+            for _ in range(3):
+                results.append(ad.score(X, batch_size=16))
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(results) == 12
+    for r in results:
+        np.testing.assert_allclose(r, serial, rtol=1e-6, atol=1e-9)
+    ad.fit(digits[0][128:256], epochs=1, verbose=False, seed=1)
+    after = ad.score(X, batch_size=16)
+    assert np.abs(after - serial).max() > 1e-6  # the new weights are used
+    ad.seal(False)
+    np.testing.assert_allclose(ad.score(X, batch_size=16), after, rtol=1e-6, atol=1e-9)
+    with pytest.raises(TypeError, match="sealed"):
+        ad.seal("yes")
+
+
 def test_saved_models_load_back_to_the_same_outputs(framework, digits, tmp_path):
     ad = ModelDistillation(distilled_model=make(framework, 1), model=make(framework, 0))
     ad.fit(digits[0][:128], epochs=1, verbose=False, seed=0)

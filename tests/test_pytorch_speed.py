@@ -429,3 +429,78 @@ def test_optimize_fits_a_users_student_like_the_plain_path(workers):
     )
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------- sealing
+def test_sealed_model_gives_the_same_outputs_and_skips_the_weight_check(teacher, images):
+    """Sealing is a promise: outputs are unchanged; a change made anyway is not seen while
+    sealed (the per-call check is what sealing skips) and is seen again once unsealed."""
+    expected = plain_probs(teacher, images)
+    teacher.train()
+    tb.seal(teacher)
+    try:
+        assert pf.is_sealed(teacher) and not teacher.training  # sealed in eval mode
+        for batch_size in (1, 7, 70):
+            np.testing.assert_allclose(
+                fast_probs(teacher, images, batch_size), expected, rtol=0, atol=1e-5
+            )
+        with torch.no_grad():
+            teacher.head.weight.mul_(3.0)
+        np.testing.assert_allclose(fast_probs(teacher, images), expected, rtol=0, atol=1e-5)
+    finally:
+        tb.seal(teacher, False)
+    assert not pf.is_sealed(teacher)
+    changed = plain_probs(teacher, images)
+    assert np.abs(changed - expected).max() > 1e-3
+    np.testing.assert_allclose(fast_probs(teacher, images), changed, rtol=0, atol=1e-5)
+
+
+def test_training_withdraws_the_seal(images):
+    torch.manual_seed(2)
+    student = distilled_model_cifar10()
+    tb.seal(student)
+    p = np.full((8, 10), 0.1, dtype=np.float32)
+    with tb.Trainer(student, learning_rate=0.1, seed=0) as trainer:
+        assert not pf.is_sealed(student)
+        trainer.step(images[:8], p)
+    np.testing.assert_allclose(
+        fast_probs(student, images[:8]), plain_probs(student, images[:8]), rtol=0, atol=1e-5
+    )
+
+
+def test_sealed_unknown_model_keeps_its_lock(images):
+    """A sealed model off the fast path (code not known, no optimize) still runs under its
+    lock: its forward might change state. One on the fast path runs without it."""
+
+    class Counter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(12, 3)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            assert tb.model_lock(self)._is_owned(), "ran without the model's lock"
+            return torch.softmax(self.lin(x.reshape(len(x), -1)[:, :12]), -1)
+
+    net = Counter()
+    tb.seal(net)
+    with tb.inference(net) as forward:
+        forward(images[:3])
+    assert net.calls == 1
+    known = resnet(num_blocks=1, widths=(8, 16, 32))
+    tb.seal(known)
+    seen = []
+    real = pf.FastForward.__call__
+
+    def spy(self, x):
+        seen.append(tb.model_lock(self.model)._is_owned())
+        return real(self, x)
+
+    pf.FastForward.__call__ = spy
+    try:
+        with tb.inference(known) as forward:
+            forward(images[:3])
+    finally:
+        pf.FastForward.__call__ = real
+    assert seen == [False]

@@ -84,6 +84,7 @@ def _run(argv, capsys) -> tuple[int, str]:
         (["--events", "/nonexistent/dir/e.jsonl"], "does not exist"),
         (["--reference", "/nonexistent/ref.npy"], "--reference"),
         (["--max-wait-ms", "5000"], "--max-wait-ms"),
+        (["--workers", "0"], "--workers"),
         (["--port", "70000"], "--port"),
         (["--host", "not a host name"], "--host"),
     ],

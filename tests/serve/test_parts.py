@@ -142,6 +142,74 @@ def test_batcher_reads_the_detector_once_per_batch():
     assert a.detector.version == "v1" and b.detector.version == "v2"
 
 
+def test_two_workers_score_batches_side_by_side_and_never_overlap_callbacks():
+    """With workers=2 two batches are in their forward pass at once, every job gets its own
+    rows back, and on_scored / on_batch are never called concurrently."""
+    ad = _FakeAD(delay=0.03)
+    det = _detector(ad)
+    inside = {"now": 0, "most": 0}
+    guard = threading.Lock()
+    seen: list[int] = []
+
+    def on_scored(detector, scores):
+        with guard:
+            inside["now"] += 1
+            inside["most"] = max(inside["most"], inside["now"])
+        time.sleep(0.002)
+        seen.extend(scores.astype(int).tolist())
+        with guard:
+            inside["now"] -= 1
+
+    batcher = MicroBatcher(lambda: det, max_batch=4, max_wait=0.0, workers=2, on_scored=on_scored)
+    assert len(set(batcher.thread_idents)) == 2
+
+    async def main():
+        xs = [np.full((1, 2), float(i), np.float32) for i in range(24)]
+        return xs, await asyncio.gather(*(batcher.score(x) for x in xs))
+
+    try:
+        start = time.perf_counter()
+        xs, results = asyncio.run(main())
+        elapsed = time.perf_counter() - start
+    finally:
+        batcher.stop()
+    for x, r in zip(xs, results, strict=True):
+        np.testing.assert_array_equal(r.scores, x.sum(axis=1))
+    assert {t for _, t in ad.calls} == set(batcher.thread_idents)  # both workers scored
+    assert sorted(seen) == sorted(2 * i for i in range(24))  # every score recorded once
+    assert inside["most"] == 1
+    # 24 jobs in batches of at most 4 take >= 6 forwards of 30 ms: one worker needs >= 180 ms,
+    # two side by side about half (generous bound: no timing assertion beyond the overlap)
+    assert len(ad.calls) >= 6 and elapsed < 6 * 0.03 * 2
+
+
+def test_two_workers_drain_on_stop_and_answer_every_job():
+    ad = _FakeAD(delay=0.02)
+    det = _detector(ad)
+    batcher = MicroBatcher(lambda: det, max_batch=1, workers=2)
+
+    async def main():
+        futures = [
+            asyncio.ensure_future(batcher.score(np.full((1, 2), float(i), np.float32)))
+            for i in range(6)
+        ]
+        await asyncio.sleep(0.005)
+        stopper = asyncio.get_running_loop().run_in_executor(None, batcher.stop)
+        results = await asyncio.gather(*futures)
+        await stopper
+        return results
+
+    results = asyncio.run(main())
+    assert [r.scores.tolist() for r in results] == [[2.0 * i] for i in range(6)]
+    assert not batcher.alive and not any(t.is_alive() for t in batcher._threads)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_batcher_refuses_a_bad_worker_count(bad):
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        MicroBatcher(lambda: None, workers=bad)
+
+
 class _FakeCD:
     def __init__(self) -> None:
         self.windows: list[np.ndarray] = []

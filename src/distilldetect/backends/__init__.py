@@ -83,6 +83,12 @@ class Backend(Protocol):
         """
         ...
 
+    def seal(self, model: Any, sealed: bool = True) -> None:
+        """Promise that ``model`` will not change, so inference may skip its per-call checks
+        (``sealed=False`` withdraws it); training the model withdraws it too. A backend with
+        nothing to skip does nothing."""
+        ...
+
     def n_trainable_parameters(self, model: Any) -> int:
         """Number of trainable scalars."""
         ...

@@ -102,10 +102,17 @@ class ServeConfig:
     max_wait: float = 0.002
     refresh: float = 2.0
     history: int = 500
+    workers: int = 2
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first setting that is out of range."""
-        for key, low in (("window", 2), ("drift_every", 1), ("max_batch", 1), ("history", 1)):
+        for key, low in (
+            ("window", 2),
+            ("drift_every", 1),
+            ("max_batch", 1),
+            ("history", 1),
+            ("workers", 1),
+        ):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
@@ -149,6 +156,7 @@ class Service:
             self._current,
             max_batch=config.max_batch,
             max_wait=config.max_wait,
+            workers=config.workers,
             on_scored=self._on_scored,
             on_batch=self.metrics.observe_batch,
         )
@@ -580,6 +588,7 @@ def create_app(
     p_val: float = 0.05,
     max_wait_ms: float = 2.0,
     refresh: float = 2.0,
+    workers: int = 2,
 ) -> Any:
     """The FastAPI app serving the detector saved at ``path``.
 
@@ -618,6 +627,10 @@ def create_app(
         Longest wait for more requests to batch, once concurrent requests were seen.
     refresh
         Seconds between dashboard refreshes.
+    workers
+        Scoring threads: with 2, one micro-batch is scored while the next gathers, so small
+        batches keep two cores busy (forwards of a sealed torch model on the fast path run
+        side by side; other models take turns). 1 scores one batch at a time.
 
     Examples
     --------
@@ -642,6 +655,7 @@ def create_app(
         p_val=p_val,
         max_wait=max_wait_ms / 1000.0,
         refresh=refresh,
+        workers=workers,
     )
     service = Service(config)
     if token is None:

@@ -1,11 +1,14 @@
-"""Adaptive micro-batching: concurrent requests scored in one forward pass, on one worker.
+"""Adaptive micro-batching: concurrent requests scored in one forward pass, on worker threads.
 
-Every model forward of the service runs on the single worker thread of a :class:`MicroBatcher`
-(the torch backend flips a module's training flag around each forward, so two forwards of one
-module must never overlap). Requests put a job on the worker's queue and await its future; the
-worker takes the first job, then every job already queued (up to ``max_batch`` instances), and
-scores them together. When it saw concurrent requests it also waits up to ``max_wait`` for more,
-so that under load batches fill up while an idle server answers a lone request at once.
+Every model forward of the service runs on a worker thread of a :class:`MicroBatcher`.
+Requests put a job on the workers' queue and await its future; a worker takes the first job,
+then every job already queued (up to ``max_batch`` instances), and scores them together. When
+it saw concurrent requests it also waits up to ``max_wait`` for more, so that under load
+batches fill up while an idle server answers a lone request at once. With several workers
+(``workers``) one batch is scored while the next one gathers, so small batches keep every core
+busy; forwards of one model overlap only where the backend allows it (a sealed torch model on
+the fast path; other models take their lock, see
+:func:`distilldetect.backends.torch.runtime.inference`).
 """
 
 from __future__ import annotations
@@ -110,10 +113,13 @@ class MicroBatcher:
     max_wait
         Seconds the worker may wait for more jobs once it has seen concurrent requests.
     on_scored
-        ``on_scored(detector, scores, teacher_probs_given)`` after each scored group, on the
-        worker thread, in scoring order (the drift monitor and metrics).
+        ``on_scored(detector, scores)`` after each scored group, on a
+        worker thread, in scoring order with one worker (the drift monitor and metrics).
     on_batch
         ``on_batch(n_instances, n_jobs, seconds)`` after each forward group.
+    workers
+        Worker threads scoring batches side by side (1: one batch at a time). The callbacks
+        are never called concurrently.
     """
 
     def __init__(
@@ -124,18 +130,32 @@ class MicroBatcher:
         max_wait: float = 0.002,
         on_scored: Callable[[LoadedDetector, np.ndarray], None] | None = None,
         on_batch: Callable[[int, int, float], None] | None = None,
+        workers: int = 1,
     ) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {workers!r}")
         self._get_detector = get_detector
         self.max_batch = int(max_batch)
         self.max_wait = float(max_wait)
         self._on_scored = on_scored
         self._on_batch = on_batch
+        self._callbacks = threading.Lock()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._carry: _Job | None = None
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="distilldetect-scorer", daemon=True)
-        self._thread.start()
-        self.thread_ident = self._thread.ident
+        self._live = workers
+        self._live_lock = threading.Lock()
+        self._threads = [
+            threading.Thread(
+                target=self._run,
+                name="distilldetect-scorer" if k == 0 else f"distilldetect-scorer-{k}",
+                daemon=True,
+            )
+            for k in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+        self.thread_idents = tuple(t.ident for t in self._threads)
+        self.thread_ident = self.thread_idents[0]
 
     # ------------------------------------------------------------------ client side
     async def score(self, x: np.ndarray, teacher_probs: np.ndarray | None = None) -> ScoreResult:
@@ -177,43 +197,46 @@ class MicroBatcher:
         return box.get("value")
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the queued jobs, then stop the worker."""
+        """Finish the queued jobs, then stop the workers."""
         if self._stopped.is_set():
             return
         self._stopped.set()
-        self._queue.put(_STOP)
-        self._thread.join(timeout)
+        self._queue.put(_STOP)  # each worker that sees it puts it back for the next one
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(deadline - time.monotonic(), 0.0))
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive() and not self._stopped.is_set()
+        return all(t.is_alive() for t in self._threads) and not self._stopped.is_set()
 
     def queued(self) -> int:
         return self._queue.qsize()
 
     # ------------------------------------------------------------------ worker side
-    def _next(self, timeout: float | None) -> Any:
-        if self._carry is not None:
-            job, self._carry = self._carry, None
-            return job
+    def _next(self, carry: list[Any], timeout: float | None) -> Any:
+        if carry:
+            return carry.pop()
         if timeout is None:
             return self._queue.get()
         if timeout <= 0:
             return self._queue.get_nowait()
         return self._queue.get(timeout=timeout)
 
-    def _gather(self, batch: list[_Job], n: int, deadline: float) -> tuple[int, bool]:
+    def _gather(
+        self, carry: list[Any], batch: list[_Job], n: int, deadline: float
+    ) -> tuple[int, bool]:
         """Add queued jobs to ``batch`` until ``max_batch`` or ``deadline``; (n, stop seen)."""
         while n < self.max_batch:
             remaining = deadline - time.perf_counter()
             try:
-                nxt = self._next(remaining if remaining > 0 else 0)
+                nxt = self._next(carry, remaining if remaining > 0 else 0)
             except queue.Empty:
                 break
             if nxt is _STOP:
                 return n, True
             if callable(nxt) or nxt.call is not None or n + nxt.n > self.max_batch:
-                self._carry = nxt  # runs first in the next round
+                carry.append(nxt)  # this worker runs it first in its next round
                 break
             batch.append(nxt)
             n += nxt.n
@@ -221,8 +244,9 @@ class MicroBatcher:
 
     def _run(self) -> None:
         busy = False  # whether the previous batch came from concurrent requests
+        carry: list[Any] = []  # at most one job taken from the queue but not yet run
         while True:
-            item = self._next(None)
+            item = self._next(carry, None)
             if item is _STOP:
                 break
             if callable(item):  # call_sync
@@ -232,10 +256,10 @@ class MicroBatcher:
                 self._run_call(item)
                 continue
             batch = [item]
-            n, stop = self._gather(batch, item.n, 0.0)  # what is queued already
-            if not stop and self._carry is None and (busy or len(batch) > 1) and self.max_wait > 0:
+            n, stop = self._gather(carry, batch, item.n, 0.0)  # what is queued already
+            if not stop and not carry and (busy or len(batch) > 1) and self.max_wait > 0:
                 # under load: wait a little for the requests that are on their way
-                n, stop = self._gather(batch, n, time.perf_counter() + self.max_wait)
+                n, stop = self._gather(carry, batch, n, time.perf_counter() + self.max_wait)
             busy = len(batch) > 1
             try:
                 self._process(batch)
@@ -245,16 +269,17 @@ class MicroBatcher:
                     _deliver(job, None, err)
             if stop:
                 break
-        # drain: answer what is left so that no request waits forever
-        leftovers = []
-        if self._carry is not None:
-            leftovers.append(self._carry)
-            self._carry = None
-        while True:
-            try:
-                leftovers.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
+        self._queue.put(_STOP)  # for the next worker
+        leftovers = list(carry)
+        with self._live_lock:
+            self._live -= 1
+            last = self._live == 0
+        if last:  # drain: answer what is left so that no request waits forever
+            while True:
+                try:
+                    leftovers.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
         for job in leftovers:
             if job is _STOP:
                 continue
@@ -298,18 +323,20 @@ class MicroBatcher:
             return
         elapsed = time.perf_counter() - start
         if self._on_batch is not None:
-            self._on_batch(len(scores), len(group), elapsed)
+            with self._callbacks:
+                self._on_batch(len(scores), len(group), elapsed)
         offset = 0
         values = []
         for job in group:
             values.append(ScoreResult(scores[offset : offset + job.n], detector))
             offset += job.n
         _deliver_many(group, values)
-        if self._on_scored is not None:
-            try:
-                self._on_scored(detector, scores)
-            except Exception:  # monitoring must never fail a request
-                logger.exception("recording scores failed")
+        with self._callbacks:
+            if self._on_scored is not None:
+                try:
+                    self._on_scored(detector, scores)
+                except Exception:  # monitoring must never fail a request
+                    logger.exception("recording scores failed")
 
     @staticmethod
     def _score(detector: LoadedDetector, group: list[_Job]) -> np.ndarray:

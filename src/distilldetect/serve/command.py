@@ -114,6 +114,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="longest wait for more requests to batch under load (default 2)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="scoring threads: one batch scored while the next gathers (default 2; 1: one "
+        "batch at a time)",
+    )
+    p.add_argument(
         "--refresh", type=_positive_float, default=2.0, help="dashboard refresh, seconds"
     )
     p.add_argument("--access-log", action="store_true", help="log every request (uvicorn)")
@@ -205,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if not 0 <= args.max_wait_ms <= 1000:
             raise ValueError(f"--max-wait-ms must be in [0, 1000], got {args.max_wait_ms}")
+        if not 1 <= args.workers <= 64:
+            raise ValueError(f"--workers must be an integer in [1, 64], got {args.workers}")
         if not 0 < args.p_val < 1:
             raise ValueError(f"--p-val must be in (0, 1), got {args.p_val}")
         if not os.path.isdir(args.detector_dir):
@@ -250,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
             p_val=args.p_val,
             max_wait_ms=args.max_wait_ms,
             refresh=args.refresh,
+            workers=args.workers,
         )
     except (ValueError, TypeError, OSError, KeyError) as err:
         sock.close()

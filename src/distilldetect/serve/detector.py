@@ -179,6 +179,8 @@ def finish_loading(
 ) -> LoadedDetector:
     """The forward passes of a load (run on the scoring worker): warm-up, drift reference."""
     ad, cd = parts["ad"], parts["cd"]
+    # the service owns these models and never changes them: skip the per-call weight checks
+    ad.seal()
     shape = tuple(parts["input_shape"])
     x0 = np.zeros((2, *shape), dtype=np.float32)
     _, _, q = ad.score(x0, batch_size=2, return_predictions=True)

@@ -21,6 +21,7 @@ from .runtime import (
     n_trainable_parameters,
     preserve_modes,
     reseed_random_layers,
+    seal,
     train_classifier,
 )
 
@@ -42,5 +43,6 @@ __all__ = [
     "preserve_modes",
     "reseed_random_layers",
     "save_model",
+    "seal",
     "train_classifier",
 ]

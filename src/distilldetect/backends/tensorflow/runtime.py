@@ -40,6 +40,7 @@ __all__ = [
     "model_dtype",
     "distillation_loss",
     "reseed_random_layers",
+    "seal",
     "Trainer",
 ]
 
@@ -213,6 +214,16 @@ def inference(
         return _to_numpy(out)
 
     yield forward
+
+
+def seal(model: Any, sealed: bool = True) -> None:
+    """Nothing to skip: a Keras model's inference makes no per-call weight checks here.
+
+    Part of the backend contract (:meth:`distilldetect.backends.Backend.seal`); the model is
+    left as it is.
+    """
+    if not is_model(model):
+        raise TypeError(f"seal expects a Keras model, got {type(model).__name__}")
 
 
 def n_trainable_parameters(model: Any) -> int:

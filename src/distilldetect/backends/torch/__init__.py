@@ -24,6 +24,7 @@ from .runtime import (
     model_dtype,
     n_trainable_parameters,
     preserve_modes,
+    seal,
     to_tensor,
     train_classifier,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "n_trainable_parameters",
     "preserve_modes",
     "save_model",
+    "seal",
     "to_tensor",
     "train_classifier",
 ]

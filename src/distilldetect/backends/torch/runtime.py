@@ -24,6 +24,7 @@ __all__ = [
     "inference",
     "model_lock",
     "preserve_modes",
+    "seal",
     "model_device",
     "n_trainable_parameters",
     "model_dtype",
@@ -111,17 +112,41 @@ def inference(
     ...     forward(np.zeros((4, 3), dtype=np.float32)).shape
     (4, 2)
     """
-    dtype = model_dtype(model)
-    device = model_device(model)
+    dtype = fast.sealed_memo(model, "dtype", lambda: model_dtype(model))
+    device = fast.sealed_memo(model, "device", lambda: model_device(model))
     run = fast.FastForward(model, optimize, precision)
 
     def forward(x: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         xt = to_tensor(x, dtype, device)
+        # A sealed model stays in eval mode (fast.seal): no modes to switch. On the fast path
+        # (known code, or optimize: row-wise, stateless eval forwards) its calls may overlap;
+        # otherwise they take its lock. Other models have every sub-module's mode saved, set
+        # and restored around the call, under the lock.
+        modes: contextlib.AbstractContextManager
+        if fast.is_sealed(model) and not model.training:
+            modes = contextlib.nullcontext() if run.eligible() else model_lock(model)
+        else:
+            modes = preserve_modes(model, training=False)
         # inference mode per call, not for the whole block: a student may train in between
-        with preserve_modes(model, training=False), torch.inference_mode():
+        with modes, torch.inference_mode():
             return _to_numpy(run(xt))
 
     yield forward
+
+
+def seal(model: torch.nn.Module, sealed: bool = True) -> None:
+    """Promise that ``model`` will not change (skip per-call checks), or withdraw it.
+
+    See :func:`distilldetect.backends.torch.fast.seal` for what is skipped and the promise.
+
+    Examples
+    --------
+    >>> net = torch.nn.Linear(2, 2)
+    >>> seal(net)
+    >>> fast.is_sealed(net)
+    True
+    """
+    fast.seal(model, sealed)
 
 
 def manual_seed(seed: int) -> None:
@@ -251,6 +276,7 @@ class Trainer:
             stack.enter_context(torch.random.fork_rng(devices=[]))
             torch.manual_seed(self.seed)
         stack.enter_context(preserve_modes(self.student, training=True))
+        fast.seal(self.student, False)  # training changes the weights: the promise is over
         self._stack = stack
         return self
 
