@@ -142,11 +142,13 @@ def test_killed_clients_and_concurrent_reloads(serve, detectors, tmp_path):
 
 
 @pytest.mark.slow
-def test_bounded_load_loses_no_request(serve, detectors):
-    """600 requests at concurrency 32 within a time limit: all answered, correctly, counted."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bounded_load_loses_no_request(serve, detectors, workers):
+    """600 requests at concurrency 32 within a time limit: all answered, correctly, counted
+    (one scoring thread, and two scoring batches side by side)."""
     import httpx
 
-    live = serve(detectors["root"] / "cd", window=200, drift_every=50)
+    live = serve(detectors["root"] / "cd", window=200, drift_every=50, workers=workers)
     X = detectors["X"][:160]
     offline = detectors["ad"].score(X)
     probs = np.random.default_rng(0).dirichlet(np.ones(10), size=len(X))
