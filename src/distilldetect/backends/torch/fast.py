@@ -57,6 +57,7 @@ __all__ = [
     "ROW_WISE_MODULES",
     "MIN_ROWS_PER_WORKER",
     "MIN_WORK_TO_SPLIT",
+    "MAX_WORK_ON_ONE_THREAD",
     "flops_per_row",
     "is_known_model",
     "is_trainable_in_parallel",
@@ -126,6 +127,11 @@ MIN_WORK_TO_SPLIT: int = 2_000_000_000
 #: Rows per block aimed at when a batch is large: several blocks per worker keep each block's
 #: activations cache-sized and balance the workers when one of them is descheduled.
 BLOCK_ROWS: int = 64
+#: A batch too small to split runs on one single-threaded worker when its forward's
+#: floating-point operations stay under this, else in the calling thread on torch's intra-op
+#: threads: their start-up costs more than they save on small work (ResNet-20, one row: 9 ms on
+#: two intra-op threads, 2.6 ms on one), and pays from a few hundred million operations on.
+MAX_WORK_ON_ONE_THREAD: int = 300_000_000
 
 
 def _zoo_types() -> frozenset[type[nn.Module]]:
@@ -883,14 +889,13 @@ class FastForward:
         if not self.eligible() or x.device.type != "cpu":
             return self.model(x)
         module = frozen(self.model, x, self.optimize, self.precision)
-        parts = _split_count(len(x), flops_per_row(self.model, x))
+        work = len(x) * flops_per_row(self.model, x)
+        parts = _split_count(len(x), work // max(len(x), 1))
         no_grad = not torch.is_grad_enabled()
         if parts == 1:
-            if n_workers() == 1:
+            if n_workers() == 1 or work >= MAX_WORK_ON_ONE_THREAD:
                 return module(x)
-            # Too little work to split: one single-threaded worker runs it. Torch's intra-op
-            # threads cost more than they save on a small batch (ResNet-20, one row: 9 ms on two
-            # intra-op threads, 2.6 ms on one), and the other core stays free.
+            # small work: one single-threaded worker (see MAX_WORK_ON_ONE_THREAD)
 
             def whole() -> Any:
                 with torch.inference_mode(no_grad):
