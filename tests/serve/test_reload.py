@@ -179,3 +179,24 @@ def test_factory_returning_the_served_module_is_refused(detectors):
     ad = detectors["ad"]
     with pytest.raises(ValueError, match="new module on each call"):
         load_folder(detectors["root"] / "cd", model_factory=lambda: ad.model, in_use=(ad.model,))
+
+
+def test_loaded_detector_is_frozen_and_a_replaced_one_is_collected(serve, detectors, folder):
+    """The heap is frozen after each load (garbage collection skips the frameworks and the
+    models); a detector replaced by a reload is still collected, not kept frozen forever."""
+    import gc
+    import weakref
+
+    from distilldetect import save_detector
+
+    live = serve(folder, token=TOKEN, freeze_heap=True)
+    assert gc.get_freeze_count() > 0
+    first = weakref.ref(live.service.detector.ad)
+    with live.client(headers=AUTH) as c:
+        for other in ("cd_other", "cd"):
+            save_detector(detectors[other], folder)
+            assert c.post("/admin/reload").status_code == 200
+    assert live.service.detector.ad is not first()
+    gc.collect()
+    assert first() is None, "the first detector is still alive after two reloads"
+    gc.unfreeze()  # leave this test process as it was

@@ -260,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
             max_wait_ms=args.max_wait_ms,
             refresh=args.refresh,
             workers=args.workers,
+            freeze_heap=True,  # this process only serves: see create_app
         )
     except (ValueError, TypeError, OSError, KeyError) as err:
         sock.close()
