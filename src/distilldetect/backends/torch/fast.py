@@ -57,7 +57,7 @@ __all__ = [
     "ROW_WISE_MODULES",
     "MIN_ROWS_PER_WORKER",
     "MIN_WORK_TO_SPLIT",
-    "MAX_WORK_ON_ONE_THREAD",
+    "MAX_ROWS_ON_ONE_THREAD",
     "flops_per_row",
     "is_known_model",
     "is_trainable_in_parallel",
@@ -127,11 +127,12 @@ MIN_WORK_TO_SPLIT: int = 2_000_000_000
 #: Rows per block aimed at when a batch is large: several blocks per worker keep each block's
 #: activations cache-sized and balance the workers when one of them is descheduled.
 BLOCK_ROWS: int = 64
-#: A batch too small to split runs on one single-threaded worker when its forward's
-#: floating-point operations stay under this, else in the calling thread on torch's intra-op
-#: threads: their start-up costs more than they save on small work (ResNet-20, one row: 9 ms on
-#: two intra-op threads, 2.6 ms on one), and pays from a few hundred million operations on.
-MAX_WORK_ON_ONE_THREAD: int = 300_000_000
+#: A batch too small to split, of at most this many rows, runs on one single-threaded worker
+#: instead of on torch's intra-op threads in the calling thread: their start-up costs more than
+#: it saves on small batches (ResNet-20: one row 9 ms on two intra-op threads, 2.6 ms on one;
+#: 8 rows 15 vs 13.5 ms), and the other core stays free (a service's event loop). Larger ones
+#: (the small CNN's student at 256+ rows) gain from the intra-op threads.
+MAX_ROWS_ON_ONE_THREAD: int = 2 * BLOCK_ROWS
 
 
 def _zoo_types() -> frozenset[type[nn.Module]]:
@@ -889,13 +890,12 @@ class FastForward:
         if not self.eligible() or x.device.type != "cpu":
             return self.model(x)
         module = frozen(self.model, x, self.optimize, self.precision)
-        work = len(x) * flops_per_row(self.model, x)
-        parts = _split_count(len(x), work // max(len(x), 1))
+        parts = _split_count(len(x), flops_per_row(self.model, x))
         no_grad = not torch.is_grad_enabled()
         if parts == 1:
-            if n_workers() == 1 or work >= MAX_WORK_ON_ONE_THREAD:
+            if n_workers() == 1 or len(x) > MAX_ROWS_ON_ONE_THREAD:
                 return module(x)
-            # small work: one single-threaded worker (see MAX_WORK_ON_ONE_THREAD)
+            # a small batch: one single-threaded worker (see MAX_ROWS_ON_ONE_THREAD)
 
             def whole() -> Any:
                 with torch.inference_mode(no_grad):
