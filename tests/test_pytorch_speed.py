@@ -504,3 +504,32 @@ def test_sealed_unknown_model_keeps_its_lock(images):
     finally:
         pf.FastForward.__call__ = real
     assert seen == [False]
+
+
+def test_small_unsplit_batches_run_on_one_worker_and_larger_ones_in_the_caller(
+    teacher, images, monkeypatch
+):
+    """Too little work to split: up to MAX_ROWS_ON_ONE_THREAD rows go to one single-threaded
+    worker, more rows run in the calling thread (torch's intra-op threads). Same outputs."""
+    if pf.n_workers() < 2:
+        pytest.skip("needs two torch threads")
+    submitted: list[int] = []
+    real_pool = pf._pool
+
+    class Spy:
+        def __init__(self, pool):
+            self.pool = pool
+
+        def submit(self, fn, *args):
+            submitted.append(1)
+            return self.pool.submit(fn, *args)
+
+    monkeypatch.setattr(pf, "_pool", lambda size: Spy(real_pool(size)))
+    monkeypatch.setattr(pf, "MIN_WORK_TO_SPLIT", 10**15)  # nothing is split here
+    expected = plain_probs(teacher, images)
+    np.testing.assert_allclose(fast_probs(teacher, images, 7), expected, rtol=0, atol=1e-5)
+    assert len(submitted) == 10  # ten batches of <= 7 rows, each on a worker
+    submitted.clear()
+    monkeypatch.setattr(pf, "MAX_ROWS_ON_ONE_THREAD", 5)
+    np.testing.assert_allclose(fast_probs(teacher, images, 70), expected, rtol=0, atol=1e-5)
+    assert submitted == []  # 70 rows > 5: the calling thread
