@@ -146,6 +146,32 @@ def test_optimizer_rules(backend, framework):
         backend.Trainer(student, optimizer="adam")
 
 
+def _scores_from_threads(
+    ad: ModelDistillation, X: np.ndarray, n_threads: int, calls: int
+) -> list[np.ndarray]:
+    """``ad.score(X, batch_size=16)`` ``calls`` times on each of ``n_threads`` threads started
+    together; fails on any thread's error."""
+    results: list[np.ndarray] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(n_threads)
+
+    def work() -> None:
+        try:
+            barrier.wait(timeout=30)
+            for _ in range(calls):
+                results.append(ad.score(X, batch_size=16))
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work) for _ in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    return results
+
+
 def test_concurrent_scoring_is_safe_and_equals_serial(framework, digits):
     """Many threads scoring one detector whose teacher was left in train mode (dropout): every
     result equals the serial one, and no module is left in another mode."""
@@ -158,24 +184,7 @@ def test_concurrent_scoring_is_safe_and_equals_serial(framework, digits):
     X = digits[2][:96]
     serial = ad.score(X, batch_size=16)
     before = modes(teacher, framework), modes(student, framework)
-    results: list[np.ndarray] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(8)
-
-    def work() -> None:
-        try:
-            barrier.wait(timeout=30)
-            for _ in range(5):
-                results.append(ad.score(X, batch_size=16))
-        except BaseException as err:  # noqa: BLE001 - reported below
-            errors.append(err)
-
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors
+    results = _scores_from_threads(ad, X, n_threads=8, calls=5)
     assert len(results) == 40
     for r in results:
         np.testing.assert_array_equal(r, serial)
@@ -191,24 +200,8 @@ def test_sealed_detector_scores_the_same_from_many_threads_and_fit_unseals(frame
     serial = ad.score(X, batch_size=16)
     assert ad.seal() is ad
     np.testing.assert_allclose(ad.score(X, batch_size=16), serial, rtol=1e-6, atol=1e-9)
-    results: list[np.ndarray] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(4)
-
-    def work() -> None:
-        try:
-            barrier.wait(timeout=30)
-            for _ in range(3):
-                results.append(ad.score(X, batch_size=16))
-        except BaseException as err:  # noqa: BLE001 - reported below
-            errors.append(err)
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors and len(results) == 12
+    results = _scores_from_threads(ad, X, n_threads=4, calls=3)
+    assert len(results) == 12
     for r in results:
         np.testing.assert_allclose(r, serial, rtol=1e-6, atol=1e-9)
     ad.fit(digits[0][128:256], epochs=1, verbose=False, seed=1)

@@ -540,21 +540,11 @@ def frozen(
         return model
     with _FROZEN_LOCK:
         entry = _FROZEN.get(model)
-        trusted = (
-            model in _SEALED
-            and entry is not None
-            and entry.optimize == optimize
-            and entry.precision == precision
-        )
-        if not trusted:
+        matches = entry is not None and (entry.optimize, entry.precision) == (optimize, precision)
+        if not (matches and model in _SEALED):  # a sealed model's copy is trusted as it is
             fp = fingerprint(model)
             tensors = _tensors(model)
-        if not trusted and (
-            entry is None
-            or entry.optimize != optimize
-            or entry.precision != precision
-            or not entry.valid_for(fp, tensors)
-        ):
+        if not matches or (model not in _SEALED and not entry.valid_for(fp, tensors)):
             fast: nn.Module | None = None
             source = None
             if lowered:  # the traced, folded, composed copy, in reduced precision
@@ -892,21 +882,15 @@ class FastForward:
         module = frozen(self.model, x, self.optimize, self.precision)
         parts = _split_count(len(x), flops_per_row(self.model, x))
         no_grad = not torch.is_grad_enabled()
-        if parts == 1:
-            if n_workers() == 1 or len(x) > MAX_ROWS_ON_ONE_THREAD:
-                return module(x)
-            # a small batch: one single-threaded worker (see MAX_ROWS_ON_ONE_THREAD)
-
-            def whole() -> Any:
-                with torch.inference_mode(no_grad):
-                    return module(x)
-
-            return _pool(n_workers()).submit(whole).result()
+        if parts == 1 and (n_workers() == 1 or len(x) > MAX_ROWS_ON_ONE_THREAD):
+            return module(x)
 
         def block(rows: slice) -> Any:
             with torch.inference_mode(no_grad):
                 return module(x[rows])
 
+        if parts == 1:  # a small batch: one single-threaded worker (MAX_ROWS_ON_ONE_THREAD)
+            return _pool(n_workers()).submit(block, slice(None)).result()
         return _concat(run_in_blocks(block, len(x), parts))
 
 

@@ -17,6 +17,7 @@ import torch
 from ...base import describe
 from ...losses import EPSILON, LOSS_TYPES
 from . import fast
+from .fast import seal
 from .modes import model_lock, preserve_modes
 
 __all__ = [
@@ -132,21 +133,6 @@ def inference(
             return _to_numpy(run(xt))
 
     yield forward
-
-
-def seal(model: torch.nn.Module, sealed: bool = True) -> None:
-    """Promise that ``model`` will not change (skip per-call checks), or withdraw it.
-
-    See :func:`distilldetect.backends.torch.fast.seal` for what is skipped and the promise.
-
-    Examples
-    --------
-    >>> net = torch.nn.Linear(2, 2)
-    >>> seal(net)
-    >>> fast.is_sealed(net)
-    True
-    """
-    fast.seal(model, sealed)
 
 
 def manual_seed(seed: int) -> None:
