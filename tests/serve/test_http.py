@@ -100,7 +100,9 @@ def test_infer_variants(live, detectors):
         r = c.post(f"/v2/models/digits/versions/{version}/infer", json=body)
         assert r.status_code == 200, r.text
         out = r.json()
-        assert len(out["id"]) == 36  # a uuid when the request has none
+        assert len(out["id"]) == 36  # UUID-shaped when the request has none
+        again = c.post(f"/v2/models/digits/versions/{version}/infer", json=body).json()
+        assert again["id"] != out["id"]  # and a new one for every request
         assert [o["name"] for o in out["outputs"]] == ["is_adversarial"]
         assert out["outputs"][0]["data"] == (expected > ad.threshold).tolist()
         # integer datatype
