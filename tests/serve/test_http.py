@@ -26,7 +26,7 @@ def test_health_and_server_metadata(live):
         assert c.get("/v2/health/live").json() == {"live": True}
         assert c.get("/v2/health/ready").json() == {"ready": True}
         meta = c.get("/v2").json()
-        assert meta["name"] == "distilldetect" and meta["extensions"] == []
+        assert meta["name"] == "distilldetect" and meta["extensions"] == ["binary_tensor_data"]
         assert c.get("/v2/models/digits/ready").json() == {"name": "digits", "ready": True}
 
 
@@ -245,6 +245,11 @@ BAD_INFER = {
     ),
     "unknown output": ({"inputs": [_x()], "outputs": [{"name": "logits"}]}, 422, "outputs"),
     "id not a string": ({"inputs": [_x()], "id": 5}, 422, "id"),
+    "no data": (
+        {"inputs": [{"name": "x", "shape": [1, 8, 8], "datatype": "FP32"}]},
+        422,
+        "inputs[0].data",
+    ),
 }
 
 
@@ -264,6 +269,156 @@ def test_bad_infer_requests_are_4xx_naming_the_field(live, case):
         assert err["error"] and "expected" in err and "got" in err
         # and the server keeps serving
         assert c.post("/v2/models/digits/infer", json={"inputs": [_x()]}).status_code == 200
+
+
+# ------------------------------------------------------------- binary tensor data extension
+def _binary(tensors, json_extra=None, **params):
+    """Body and headers of a binary-extension request: ``tensors`` is a list of
+    (name, array, datatype, raw bytes or None for the array's own)."""
+    inputs, blobs = [], []
+    for name, arr, datatype, raw in tensors:
+        blob = arr.tobytes() if raw is None else raw
+        blobs.append(blob)
+        size = params.get("size", len(blob))
+        inputs.append(
+            {
+                "name": name,
+                "shape": list(arr.shape),
+                "datatype": datatype,
+                "parameters": {"binary_data_size": size},
+            }
+        )
+    head = json.dumps({"inputs": inputs, **(json_extra or {})}).encode()
+    return head + b"".join(blobs), {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(head)),
+    }
+
+
+def _split_answer(r):
+    length = int(r.headers["inference-header-content-length"])
+    return json.loads(r.content[:length]), r.content[length:]
+
+
+def test_binary_inputs_score_as_json_ones(live, detectors):
+    ad, X = detectors["ad"], detectors["X"][:6]
+    probs = np.random.default_rng(2).dirichlet(np.ones(10), size=6)
+    with live.client() as c:
+        body, headers = _binary([("x", X.astype("<f4"), "FP32", None)])
+        r = c.post("/v2/models/digits/infer", content=body, headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "application/json"  # outputs as JSON unless asked
+        np.testing.assert_allclose(r.json()["outputs"][0]["data"], ad.score(X), rtol=1e-5)
+        # both inputs binary (FP64 probabilities), all outputs asked for as binary
+        body, headers = _binary(
+            [("x", X.astype("<f4"), "FP32", None), ("teacher_probs", probs, "FP64", None)],
+            {"parameters": {"binary_data_output": True}},
+        )
+        r = c.post("/v2/models/digits/infer", content=body, headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "application/octet-stream"
+        head, raw = _split_answer(r)
+        scores_out, flags_out = head["outputs"]
+        assert "data" not in scores_out and scores_out["parameters"]["binary_data_size"] == 24
+        assert flags_out["parameters"]["binary_data_size"] == 6 and len(raw) == 30
+        expected = ad.score(X, teacher_probs=probs)
+        np.testing.assert_allclose(np.frombuffer(raw[:24], "<f4"), expected, rtol=1e-5)
+        assert np.frombuffer(raw[24:], np.uint8).tolist() == [
+            int(v) for v in expected > ad.threshold
+        ]
+        # x binary, teacher_probs as JSON; only one output binary
+        head_json = {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": list(X.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": X.astype("<f4").nbytes},
+                },
+                {
+                    "name": "teacher_probs",
+                    "shape": [6, 10],
+                    "datatype": "FP64",
+                    "data": probs.ravel().tolist(),
+                },
+            ],
+            "outputs": [
+                {"name": "instance_score"},
+                {"name": "is_adversarial", "parameters": {"binary_data": True}},
+            ],
+        }
+        head_bytes = json.dumps(head_json).encode()
+        r = c.post(
+            "/v2/models/digits/infer",
+            content=head_bytes + X.astype("<f4").tobytes(),
+            headers={"inference-header-content-length": str(len(head_bytes))},
+        )
+        assert r.status_code == 200, r.text
+        head, raw = _split_answer(r)
+        np.testing.assert_allclose(head["outputs"][0]["data"], expected, rtol=1e-5)
+        assert (
+            np.frombuffer(raw, np.uint8).astype(bool).tolist() == (expected > ad.threshold).tolist()
+        )
+
+
+_X1 = np.full((1, 8, 8), 0.5, "<f4")
+BAD_BINARY = {
+    "header not a number": (*_binary([("x", _X1, "FP32", None)])[:1], "x", 400),
+    "size not the shape's": (_binary([("x", _X1, "FP32", None)], size=100)[0], None, 422),
+    "fewer bytes": (_binary([("x", _X1, "FP32", _X1.tobytes()[:-4])], size=256)[0], None, 422),
+    "extra bytes": (_binary([("x", _X1, "FP32", _X1.tobytes() + b"\0")], size=256)[0], None, 422),
+    "NaN": (_binary([("x", np.full((1, 8, 8), np.nan, "<f4"), "FP32", None)])[0], None, 422),
+    "BOOL byte 2": (_binary([("x", np.full((1, 8, 8), 2, "u1"), "BOOL", None)])[0], None, 422),
+    "BYTES": (_binary([("x", _X1, "BYTES", None)])[0], None, 422),
+    "size a string": (_binary([("x", _X1, "FP32", None)], size="256")[0], None, 422),
+}
+BAD_BINARY_FIELDS = {
+    "header not a number": "Inference-Header-Content-Length header",
+    "size not the shape's": "inputs[0].parameters.binary_data_size",
+    "fewer bytes": "body",
+    "extra bytes": "body",
+    "NaN": "inputs[0].data",
+    "BOOL byte 2": "inputs[0].data",
+    "BYTES": "inputs[0].datatype",
+    "size a string": "inputs[0].parameters.binary_data_size",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BINARY))
+def test_bad_binary_requests_are_4xx_naming_the_field(live, case):
+    body, header, status = BAD_BINARY[case]
+    head_length = body.index(b"}]}") + 3
+    headers = {"inference-header-content-length": header or str(head_length)}
+    with live.client() as c:
+        r = c.post("/v2/models/digits/infer", content=body, headers=headers)
+        assert r.status_code == status, (case, r.text)
+        assert r.json()["field"] == BAD_BINARY_FIELDS[case], (case, r.json())
+        assert c.post("/v2/models/digits/infer", json={"inputs": [_x()]}).status_code == 200
+
+
+def test_binary_inputs_without_the_header_or_with_data_are_refused(live):
+    body, headers = _binary([("x", _X1, "FP32", None)])
+    with live.client() as c:
+        r = c.post(
+            "/v2/models/digits/infer",
+            content=body[: int(headers["inference-header-content-length"])],
+        )
+        assert r.status_code == 400, r.text
+        assert r.json()["field"] == "Inference-Header-Content-Length header"
+        both = {"inputs": [{**_x(), "parameters": {"binary_data_size": 256}}]}
+        head = json.dumps(both).encode()
+        r = c.post(
+            "/v2/models/digits/infer",
+            content=head + _X1.tobytes(),
+            headers={"inference-header-content-length": str(len(head))},
+        )
+        assert r.status_code == 422 and r.json()["field"] == "inputs[0].data", r.text
+        r = c.post(  # a header beyond the body
+            "/v2/models/digits/infer",
+            content=head,
+            headers={"inference-header-content-length": str(len(head) + 1)},
+        )
+        assert r.status_code == 400, r.text
 
 
 BAD_SCORE = {

@@ -53,9 +53,11 @@ from .detector import LoadedDetector, finish_loading, load_folder
 from .metrics import Metrics
 from .monitor import DriftMonitor, EventLog
 from .protocol import (
+    BINARY_HEADER,
     OUTPUT_NAMES,
     TEACHER_PROBS,
     APIError,
+    BinaryResponse,
     DriftResponse,
     ErrorResponse,
     InferenceRequest,
@@ -70,10 +72,13 @@ from .protocol import (
     ScoreResponse,
     check_instances,
     check_teacher_probs,
+    decode_binary,
     decode_tensor,
     parse_request,
     plain_array,
     short,
+    split_binary,
+    wants_binary,
 )
 
 __all__ = ["create_app", "ServeConfig", "Service"]
@@ -347,13 +352,20 @@ class _Guard:
             return False
         return hmac.compare_digest(given, self.token)
 
-    async def _answer(self, send: Callable, status: int, body: dict[str, Any], headers=()) -> None:
-        data = json.dumps(body).encode()
-        raw = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(data)).encode()),
-            *headers,
-        ]
+    async def _answer(
+        self, send: Callable, status: int, body: dict[str, Any] | BinaryResponse, headers=()
+    ) -> None:
+        if isinstance(body, BinaryResponse):  # binary tensor data extension
+            head = json.dumps(body.header).encode()
+            data = head + body.data
+            kind = [
+                (b"content-type", b"application/octet-stream"),
+                (BINARY_HEADER.encode(), str(len(head)).encode()),
+            ]
+        else:
+            data = json.dumps(body).encode()
+            kind = [(b"content-type", b"application/json")]
+        raw = [*kind, (b"content-length", str(len(data)).encode()), *headers]
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": data})
 
@@ -450,7 +462,8 @@ class _Guard:
         if fast is not None:
             endpoint, handler = fast
             scope["distilldetect.endpoint"] = endpoint
-            status, body, extra = await _run_fast(handler, full)
+            binary = _header(headers, BINARY_HEADER.encode())
+            status, body, extra = await _run_fast(handler, full, binary)
             await self._answer(send, status, body, extra)
             return
         replayed = False
@@ -480,12 +493,31 @@ class _Guard:
         )
 
 
+def _as_response(result: dict[str, Any] | BinaryResponse) -> Any:
+    """A route's answer: the JSON body, or the raw response of the binary extension."""
+    if not isinstance(result, BinaryResponse):
+        return result
+    head = json.dumps(result.header).encode()
+    return Response(
+        head + result.data,
+        media_type="application/octet-stream",
+        headers={BINARY_HEADER: str(len(head))},
+    )
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, val in headers:
+        if key == name:
+            return val.decode("latin-1")
+    return None
+
+
 async def _run_fast(
-    handler: Callable[[bytes], Any], body: bytes
-) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
-    """Status, JSON body and headers of a scoring request, errors as the app's handlers make them."""
+    handler: Callable[[bytes, str | None], Any], body: bytes, binary_header: str | None
+) -> tuple[int, Any, list[tuple[bytes, bytes]]]:
+    """Status, body and headers of a scoring request, errors as the app's handlers make them."""
     try:
-        return 200, await handler(body), []
+        return 200, await handler(body, binary_header), []
     except APIError as exc:
         headers = [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
         return exc.status, exc.body(), headers
@@ -847,7 +879,11 @@ def create_app(
 
     @app.get("/v2", response_model=MetadataServerResponse, tags=["v2"], responses=_ERRORS)
     async def server_metadata() -> Any:
-        return {"name": "distilldetect", "version": __version__, "extensions": []}
+        return {
+            "name": "distilldetect",
+            "version": __version__,
+            "extensions": ["binary_tensor_data"],
+        }
 
     @app.get(
         "/v2/models/{model_name}",
@@ -888,9 +924,18 @@ def create_app(
         return {"name": config.name, "ready": service.ready}
 
     # ------------------------------------------------------------------ inference
-    async def infer(model_name: str, model_version: str | None, body: bytes) -> dict[str, Any]:
+    async def infer(
+        model_name: str, model_version: str | None, body: bytes, binary_header: str | None = None
+    ) -> dict[str, Any] | BinaryResponse:
         det = model_for(model_name, model_version)
-        req: InferenceRequest = _parse(InferenceRequest, body)
+        head, binary = split_binary(body, binary_header)
+        req: InferenceRequest = _parse(InferenceRequest, head)
+        sent_binary = decode_binary(req.inputs, binary)
+
+        def tensor(k: int) -> np.ndarray:
+            got = sent_binary.get(k)
+            return decode_tensor(req.inputs[k], f"inputs[{k}]") if got is None else got
+
         names = [t.name for t in req.inputs]
         xs = [i for i, t in enumerate(req.inputs) if t.name != TEACHER_PROBS]
         tps = [i for i, t in enumerate(req.inputs) if t.name == TEACHER_PROBS]
@@ -905,7 +950,7 @@ def create_app(
             )
         i = xs[0]
         x = check_instances(
-            decode_tensor(req.inputs[i], f"inputs[{i}]"),
+            tensor(i),
             f"inputs[{i}]",
             det.input_shape,
             config.max_batch,
@@ -914,7 +959,7 @@ def create_app(
         if tps:
             j = tps[0]
             tp = check_teacher_probs(
-                decode_tensor(req.inputs[j], f"inputs[{j}]"),
+                tensor(j),
                 f"inputs[{j}]",
                 len(x),
                 det.n_classes,
@@ -937,29 +982,31 @@ def create_app(
         scores = result.scores
         n = len(scores)
         outputs = []
+        blobs: list[bytes] = []
         for out in wanted:
             if out == "instance_score":
-                data: list[Any] = scores.astype(np.float32).tolist()
+                values = scores.astype("<f4")
                 dtype = "FP32"
             else:
-                data = (scores > used.threshold).tolist()
+                values = scores > used.threshold
                 dtype = "BOOL"
-            outputs.append(
-                {
-                    "name": out,
-                    "shape": [n],
-                    "datatype": dtype,
-                    "parameters": {"content_type": "np"},
-                    "data": data,
-                }
-            )
-        return {
+            entry: dict[str, Any] = {"name": out, "shape": [n], "datatype": dtype}
+            if wants_binary(req, out):
+                blob = values.tobytes()  # BOOL: one byte 0 / 1 per element
+                blobs.append(blob)
+                entry["parameters"] = {"content_type": "np", "binary_data_size": len(blob)}
+            else:
+                entry["parameters"] = {"content_type": "np"}
+                entry["data"] = values.tolist()
+            outputs.append(entry)
+        answer = {
             "model_name": config.name,
             "model_version": used.version,
             "id": req.id if req.id is not None else next_id(),
             "parameters": {**used.meta, "threshold": used.threshold},
             "outputs": outputs,
         }
+        return BinaryResponse(answer, b"".join(blobs)) if blobs else answer
 
     @app.post(
         "/v2/models/{model_name}/infer",
@@ -969,7 +1016,9 @@ def create_app(
         openapi_extra=_body(InferenceRequest),
     )
     async def model_infer(model_name: str, request: Request) -> Any:
-        return await infer(model_name, None, await request.body())
+        return _as_response(
+            await infer(model_name, None, await request.body(), request.headers.get(BINARY_HEADER))
+        )
 
     @app.post(
         "/v2/models/{model_name}/versions/{model_version}/infer",
@@ -979,7 +1028,11 @@ def create_app(
         openapi_extra=_body(InferenceRequest),
     )
     async def model_version_infer(model_name: str, model_version: str, request: Request) -> Any:
-        return await infer(model_name, model_version, await request.body())
+        return _as_response(
+            await infer(
+                model_name, model_version, await request.body(), request.headers.get(BINARY_HEADER)
+            )
+        )
 
     @app.post(
         "/score",
@@ -1101,7 +1154,7 @@ def create_app(
         if method != "POST":
             return None
         if path == "/score":
-            return "/score", score_body
+            return "/score", lambda body, _binary_header: score_body(body)
         parts = path.split("/")
         if len(parts) < 5 or parts[1] != "v2" or parts[2] != "models" or not parts[3]:
             return None

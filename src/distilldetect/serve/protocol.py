@@ -46,6 +46,11 @@ __all__ = [
     "ErrorResponse",
     "short",
     "parse_request",
+    "BINARY_HEADER",
+    "BinaryResponse",
+    "split_binary",
+    "decode_binary",
+    "wants_binary",
     "decode_tensor",
     "check_instances",
     "plain_array",
@@ -169,7 +174,11 @@ class RequestInput(_Model):
     )
     datatype: Datatype
     parameters: dict[str, Any] | None = None
-    data: list[Any] = Field(description="row-major tensor contents, flat or nested")
+    data: list[Any] | None = Field(
+        default=None,
+        description="row-major tensor contents, flat or nested; left out when the tensor is "
+        "sent as binary data (parameters.binary_data_size, binary tensor data extension)",
+    )
 
 
 class RequestOutput(_Model):
@@ -336,7 +345,9 @@ def _plain_input(t: Any) -> RequestInput | None:
     name, shape, datatype, data = (t.get(k) for k in ("name", "shape", "datatype", "data"))
     if not _name_ok(name) or type(datatype) is not str or datatype not in _DATATYPE_SET:
         return None
-    if type(shape) is not list or not 1 <= len(shape) <= MAX_AXES or type(data) is not list:
+    if type(shape) is not list or not 1 <= len(shape) <= MAX_AXES:
+        return None
+    if data is not None and type(data) is not list:
         return None
     if any(type(s) is not int for s in shape):
         return None
@@ -415,6 +426,200 @@ def parse_request(model: type[BaseModel], body: bytes) -> Any:
     return model.model_validate_json(body)
 
 
+# --------------------------------------------------------------- binary tensor data extension
+#: Header giving the length of the JSON part of a body that carries binary tensors after it.
+BINARY_HEADER: str = "inference-header-content-length"
+_BINARY_DTYPES = {
+    "BOOL": "u1",
+    "UINT8": "u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "INT8": "i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+}
+
+
+class BinaryResponse:
+    """An answer of the binary tensor data extension: the JSON part, then the raw bytes."""
+
+    __slots__ = ("header", "data")
+
+    def __init__(self, header: dict[str, Any], data: bytes) -> None:
+        self.header = header
+        self.data = data
+
+
+def split_binary(body: bytes, header_value: str | None) -> tuple[bytes, bytes | None]:
+    """The JSON part and the binary part of ``body`` (``None`` without the extension's header).
+
+    Examples
+    --------
+    >>> split_binary(b'{"a": 1}xyz', "8")
+    (b'{"a": 1}', b'xyz')
+    >>> split_binary(b'{}', None)
+    (b'{}', None)
+    """
+    if header_value is None:
+        return body, None
+    try:
+        length = int(header_value)
+    except ValueError:
+        length = -1
+    if not 0 <= length <= len(body):
+        raise APIError(
+            400,
+            f"the Inference-Header-Content-Length header must be the byte length of the JSON "
+            f"part of the body (0 to {len(body)}), got {short(header_value)}",
+            field="Inference-Header-Content-Length header",
+            expected=f"an integer in [0, {len(body)}]",
+            got=short(header_value),
+        )
+    return body[:length], body[length:]
+
+
+def _binary_size(tensor: RequestInput, field: str) -> int | None:
+    params = tensor.parameters or {}
+    if "binary_data_size" not in params:
+        return None
+    size = params["binary_data_size"]
+    if type(size) is not int or size < 0:
+        raise APIError(
+            422,
+            f"{field}.parameters.binary_data_size must be a byte count >= 0, got {short(size)}",
+            field=f"{field}.parameters.binary_data_size",
+            expected="an integer >= 0",
+            got=short(size),
+        )
+    if tensor.data is not None:
+        raise APIError(
+            422,
+            f"{field} has both data and parameters.binary_data_size; send one of them",
+            field=f"{field}.data",
+            expected="no data for a binary tensor",
+            got="data and binary_data_size",
+        )
+    return size
+
+
+def decode_binary(inputs: list[RequestInput], binary: bytes | None) -> dict[int, np.ndarray]:
+    """Arrays of the inputs sent as binary data, by input index, checked like JSON tensors.
+
+    The binary part holds, in the order of ``inputs``, ``binary_data_size`` bytes for each
+    input that declares it: little-endian, row-major, BOOL as one byte 0 or 1.
+
+    Raises
+    ------
+    APIError
+        (422) for a declared size that is not a byte count, or that does not match the
+        shape and datatype, a binary part longer or shorter than the sizes declared, a
+        ``BYTES`` tensor, BOOL bytes other than 0 / 1, NaN or infinite floats; (400) for
+        binary tensors without the extension's header.
+
+    Examples
+    --------
+    >>> t = RequestInput(name="x", shape=[1, 2], datatype="FP32",
+    ...                  parameters={"binary_data_size": 8})
+    >>> decode_binary([t], np.array([[1.5, 2]], "<f4").tobytes())[0]
+    array([[1.5, 2. ]], dtype=float32)
+    """
+    out: dict[int, np.ndarray] = {}
+    offset = 0
+    for i, tensor in enumerate(inputs):
+        field = f"inputs[{i}]"
+        size = _binary_size(tensor, field)
+        if size is None:
+            continue
+        if binary is None:
+            raise APIError(
+                400,
+                f"{field} declares binary_data_size but the request has no "
+                "Inference-Header-Content-Length header marking where the JSON part ends",
+                field="Inference-Header-Content-Length header",
+                expected="the byte length of the JSON part",
+                got="no header",
+            )
+        datatype = tensor.datatype
+        if datatype == "BYTES":
+            raise APIError(
+                422,
+                f"{field}.datatype must be numeric (FP32, FP64, FP16, INT*, UINT* or BOOL), "
+                "got BYTES",
+                field=f"{field}.datatype",
+                expected="a numeric datatype",
+                got="BYTES",
+            )
+        _check_shape(tensor.shape, field)
+        dtype = np.dtype(_BINARY_DTYPES[datatype])
+        n = math.prod(tensor.shape)
+        if size != n * dtype.itemsize:
+            raise APIError(
+                422,
+                f"{field}.parameters.binary_data_size is {size} bytes, but shape "
+                f"{tensor.shape} of {datatype} needs {n * dtype.itemsize}",
+                field=f"{field}.parameters.binary_data_size",
+                expected=f"{n * dtype.itemsize} bytes",
+                got=f"{size} bytes",
+            )
+        if offset + size > len(binary):
+            raise APIError(
+                422,
+                f"the binary part of the body has {len(binary)} bytes, fewer than the inputs "
+                f"declare (at least {offset + size})",
+                field="body",
+                expected=f"at least {offset + size} bytes after the JSON part",
+                got=f"{len(binary)} bytes",
+            )
+        arr = np.frombuffer(binary, dtype=dtype, count=n, offset=offset).reshape(tensor.shape)
+        offset += size
+        if datatype == "BOOL":
+            if arr.size and int(arr.max()) > 1:
+                raise APIError(
+                    422,
+                    f"{field} is BOOL, whose binary bytes must be 0 or 1, got {int(arr.max())}",
+                    field=f"{field}.data",
+                    expected="bytes 0 or 1",
+                    got=f"a byte {int(arr.max())}",
+                )
+            arr = arr.astype(bool)
+        elif datatype in _FLOATS:
+            _check_finite(arr, field)
+        out[i] = arr.astype(arr.dtype.newbyteorder("="), copy=True)
+    if binary is not None and offset != len(binary):
+        raise APIError(
+            422,
+            f"the binary part of the body has {len(binary)} bytes, but the inputs declare "
+            f"{offset} (binary_data_size of each binary input)",
+            field="body",
+            expected=f"{offset} bytes after the JSON part",
+            got=f"{len(binary)} bytes",
+        )
+    return out
+
+
+def wants_binary(request: InferenceRequest, output: str) -> bool:
+    """Whether ``output`` is asked for as binary data (``binary_data`` on the output, or
+    ``binary_data_output`` on the request).
+
+    Examples
+    --------
+    >>> req = InferenceRequest.model_validate(
+    ...     {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}],
+    ...      "parameters": {"binary_data_output": True}})
+    >>> wants_binary(req, "instance_score")
+    True
+    """
+    for o in request.outputs or []:
+        if o.name == output and o.parameters and "binary_data" in o.parameters:
+            return o.parameters["binary_data"] is True
+    return bool(request.parameters and request.parameters.get("binary_data_output") is True)
+
+
 # ------------------------------------------------------------------------------- decoding
 def _numeric_array(data: list[Any], field: str, datatype: str) -> np.ndarray:
     try:
@@ -458,6 +663,30 @@ def _numeric_array(data: list[Any], field: str, datatype: str) -> np.ndarray:
     return arr
 
 
+def _check_shape(shape: list[int], field: str) -> None:
+    if any(s < 0 for s in shape):
+        raise APIError(
+            422,
+            f"{field}.shape must be sizes >= 0, got {shape}",
+            field=f"{field}.shape",
+            expected="non-negative sizes",
+            got=str(shape),
+        )
+
+
+def _check_finite(arr: np.ndarray, field: str) -> None:
+    if not np.isfinite(arr).all():
+        n_nan = int(np.isnan(arr).sum())
+        n_inf = int(np.isinf(arr).sum())
+        raise APIError(
+            422,
+            f"{field}.data must be finite, got {n_nan} NaN and {n_inf} infinite values",
+            field=f"{field}.data",
+            expected="finite numbers",
+            got=f"{n_nan} NaN and {n_inf} infinite values",
+        )
+
+
 def decode_tensor(tensor: RequestInput, field: str) -> np.ndarray:
     """The tensor's data as a numpy array of its declared shape, checked against its datatype.
 
@@ -486,14 +715,16 @@ def decode_tensor(tensor: RequestInput, field: str) -> np.ndarray:
             expected="a numeric datatype",
             got="BYTES",
         )
-    if any(s < 0 for s in shape):
+    if tensor.data is None:
         raise APIError(
             422,
-            f"{field}.shape must be sizes >= 0, got {shape}",
-            field=f"{field}.shape",
-            expected="non-negative sizes",
-            got=str(shape),
+            f"{field}.data is missing: send the values as data, or as binary data with "
+            "parameters.binary_data_size (binary tensor data extension)",
+            field=f"{field}.data",
+            expected="a list of values",
+            got="nothing (the field is missing)",
         )
+    _check_shape(shape, field)
     size = math.prod(shape)
     arr = _numeric_array(tensor.data, f"{field}.data", datatype)
     if arr.size != size or (arr.ndim != 1 and list(arr.shape) != shape):
@@ -512,16 +743,8 @@ def decode_tensor(tensor: RequestInput, field: str) -> np.ndarray:
             got=got,
         )
     if datatype in _FLOATS:
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            n_nan = int(np.isnan(arr).sum())
-            n_inf = int(np.isinf(arr).sum())
-            raise APIError(
-                422,
-                f"{field}.data must be finite, got {n_nan} NaN and {n_inf} infinite values",
-                field=f"{field}.data",
-                expected="finite numbers",
-                got=f"{n_nan} NaN and {n_inf} infinite values",
-            )
+        if arr.dtype.kind == "f":
+            _check_finite(arr, field)
     elif datatype != "BOOL" and arr.size:
         lo, hi = _INT_RANGES[datatype]
         amin, amax = int(arr.min()), int(arr.max())
