@@ -138,18 +138,29 @@ def start_server(
             raise RuntimeError(f"the server did not start: {line}")
 
 
-def body(x: np.ndarray, probs: np.ndarray | None) -> bytes:
-    inputs = [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]
-    if probs is not None:
-        inputs.append(
-            {
-                "name": "teacher_probs",
-                "shape": list(probs.shape),
-                "datatype": "FP32",
-                "data": probs.ravel().tolist(),
-            }
-        )
-    return json.dumps({"inputs": inputs}).encode()
+def body(
+    x: np.ndarray, probs: np.ndarray | None, binary: bool = False
+) -> tuple[bytes, dict[str, str]]:
+    """An inference request and its headers: JSON numbers, or (``binary``) the protocol's binary
+    tensor data extension, float32 bytes after a JSON header (as tritonclient sends them)."""
+    tensors = [("x", x)] + ([] if probs is None else [("teacher_probs", probs)])
+    inputs, blobs = [], []
+    for name, arr in tensors:
+        entry: dict[str, Any] = {"name": name, "shape": list(arr.shape), "datatype": "FP32"}
+        if binary:
+            blob = np.ascontiguousarray(arr, dtype="<f4").tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = arr.ravel().tolist()
+        inputs.append(entry)
+    head = json.dumps({"inputs": inputs}).encode()
+    if not binary:
+        return head, {"content-type": "application/json"}
+    return head + b"".join(blobs), {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(head)),
+    }
 
 
 class _RawConnection:
@@ -183,9 +194,10 @@ class _RawConnection:
             await self.writer.wait_closed()
 
 
-def _raw_request(host: str, port: int, path: str, payload: bytes) -> bytes:
+def _raw_request(host: str, port: int, path: str, payload: bytes, headers: dict[str, str]) -> bytes:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}"
         f"Content-Length: {len(payload)}\r\n\r\n"
     )
     return head.encode() + payload
@@ -193,7 +205,7 @@ def _raw_request(host: str, port: int, path: str, payload: bytes) -> bytes:
 
 async def drive(
     url: str,
-    bodies: list[bytes],
+    bodies: list[tuple[bytes, dict[str, str]]],
     concurrency: int,
     n_requests: int,
     time_limit: float,
@@ -211,14 +223,14 @@ async def drive(
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     hx = httpx.AsyncClient(base_url=url, limits=limits, trust_env=False, timeout=60)
     raws = [_RawConnection(host, int(port)) for _ in range(concurrency)]
-    raw_bodies = [_raw_request(host, int(port), path, b) for b in bodies]
-    headers = {"content-type": "application/json"}
+    raw_bodies = [_raw_request(host, int(port), path, b, h) for b, h in bodies]
 
     async def send(k: int, i: int) -> int:
         if client == "raw":
             status, data = await raws[k].post(raw_bodies[i % len(bodies)])
         else:
-            r = await hx.post(path, content=bodies[i % len(bodies)], headers=headers)
+            payload, headers = bodies[i % len(bodies)]
+            r = await hx.post(path, content=payload, headers=headers)
             status, data = r.status_code, r.content
         json.loads(data)
         return status
@@ -314,6 +326,11 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--sizes", default="1,100", help="instances per request")
+    parser.add_argument(
+        "--encodings",
+        default="json,binary",
+        help="json: numbers in JSON; binary: the protocol's binary tensor data extension",
+    )
     parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per configuration")
     parser.add_argument(
         "--client",
@@ -333,6 +350,9 @@ def main() -> None:
     args = parser.parse_args()
     concurrencies = [int(v) for v in args.concurrency.split(",")]
     sizes = [int(v) for v in args.sizes.split(",")]
+    encodings = args.encodings.split(",")
+    if not set(encodings) <= {"json", "binary"}:
+        parser.error(f"--encodings: json and/or binary, got {args.encodings!r}")
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "detector"
@@ -348,56 +368,59 @@ def main() -> None:
         print(f"server: {url} (pid {proc.pid}); load average at start {load_start[0]:.2f}")
         rows = []
         try:
-            for size in sizes:
-                for with_probs in (False, True):
-                    bodies = [
-                        body(X[i : i + size], probs[i : i + size] if with_probs else None)
-                        for i in range(0, min(len(X), 64 * size), size)
-                    ]
-                    clients = ["raw", "httpx"] if args.client == "both" else [args.client]
-                    for conc, client in [(c, k) for c in concurrencies for k in clients]:
-                        n = (
-                            (400 if size == 1 else 60)
-                            if args.quick
-                            else (3000 if size == 1 else 300)
+            for size, encoding, with_probs in [
+                (s, e, p) for s in sizes for e in encodings for p in (False, True)
+            ]:
+                bodies = [
+                    body(
+                        X[i : i + size],
+                        probs[i : i + size] if with_probs else None,
+                        binary=encoding == "binary",
+                    )
+                    for i in range(0, min(len(X), 64 * size), size)
+                ]
+                clients = ["raw", "httpx"] if args.client == "both" else [args.client]
+                for conc, client in [(c, k) for c in concurrencies for k in clients]:
+                    n = (400 if size == 1 else 60) if args.quick else (3000 if size == 1 else 300)
+                    n = max(n, 4 * conc)
+                    res = asyncio.run(
+                        drive(
+                            url,
+                            bodies,
+                            conc,
+                            n,
+                            args.time_limit,
+                            client,
+                            args.detector,
+                            proc.pid,
                         )
-                        n = max(n, 4 * conc)
-                        res = asyncio.run(
-                            drive(
-                                url,
-                                bodies,
-                                conc,
-                                n,
-                                args.time_limit,
-                                client,
-                                args.detector,
-                                proc.pid,
-                            )
-                        )
-                        key = "teacher_probs" if with_probs else "plain"
-                        inst = res["requests_per_s"] * size
-                        row = {
-                            "instances_per_request": size,
-                            "teacher_probs": with_probs,
-                            "concurrency": conc,
-                            **res,
-                            "instances_per_s": inst,
-                            "offline_instances_per_s": ref[key],
-                            "ratio_to_offline": inst / ref[key],
-                            "load_average_1min": os.getloadavg()[0],
-                        }
-                        rows.append(row)
-                        print(
-                            f"{client:5s} size {size:3d} probs {str(with_probs):5s} c={conc:2d}: "
-                            f"{res['requests_per_s']:7.1f} req/s {inst:7.0f} inst/s "
-                            f"p50 {res['p50_ms']:6.1f} ms p99 {res['p99_ms']:6.1f} ms "
-                            f"ratio {inst / ref[key]:.2f} batch {res['instances_per_forward']:.1f} "
-                            f"busy {res['worker_busy']:.2f} cores server "
-                            f"{res['server_cores']:.2f} client {res['client_cores']:.2f} "
-                            f"(n={res['requests']}, "
-                            f"failures {res['failures']}, load {row['load_average_1min']:.1f})",
-                            flush=True,
-                        )
+                    )
+                    key = "teacher_probs" if with_probs else "plain"
+                    inst = res["requests_per_s"] * size
+                    row = {
+                        "instances_per_request": size,
+                        "encoding": encoding,
+                        "teacher_probs": with_probs,
+                        "concurrency": conc,
+                        **res,
+                        "instances_per_s": inst,
+                        "offline_instances_per_s": ref[key],
+                        "ratio_to_offline": inst / ref[key],
+                        "load_average_1min": os.getloadavg()[0],
+                    }
+                    rows.append(row)
+                    print(
+                        f"{client:5s} {encoding:6s} size {size:3d} probs {str(with_probs):5s} "
+                        f"c={conc:2d}: "
+                        f"{res['requests_per_s']:7.1f} req/s {inst:7.0f} inst/s "
+                        f"p50 {res['p50_ms']:6.1f} ms p99 {res['p99_ms']:6.1f} ms "
+                        f"ratio {inst / ref[key]:.2f} batch {res['instances_per_forward']:.1f} "
+                        f"busy {res['worker_busy']:.2f} cores server "
+                        f"{res['server_cores']:.2f} client {res['client_cores']:.2f} "
+                        f"(n={res['requests']}, "
+                        f"failures {res['failures']}, load {row['load_average_1min']:.1f})",
+                        flush=True,
+                    )
         finally:
             proc.send_signal(signal.SIGINT)
             try:
@@ -407,13 +430,13 @@ def main() -> None:
             proc.stderr.close()
     print()
     print(
-        "| client | instances/request | teacher_probs | concurrency | requests/s | instances/s "
-        "| p50 ms | p99 ms | ratio to offline | instances/forward | server cores |"
+        "| client | encoding | instances/request | teacher_probs | concurrency | requests/s "
+        "| instances/s | p50 ms | p99 ms | ratio to offline | instances/forward | server cores |"
     )
-    print("|---|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['client']} | {r['instances_per_request']} | "
+            f"| {r['client']} | {r['encoding']} | {r['instances_per_request']} | "
             f"{'yes' if r['teacher_probs'] else 'no'} | "
             f"{r['concurrency']} | {r['requests_per_s']:.0f} | {r['instances_per_s']:.0f} | "
             f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['ratio_to_offline']:.2f} | "
