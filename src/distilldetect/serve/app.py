@@ -1016,6 +1016,12 @@ def create_app(
         openapi_extra=_body(InferenceRequest),
     )
     async def model_infer(model_name: str, request: Request) -> Any:
+        """Scores and flags of the instances in input ``x`` (optionally with ``teacher_probs``).
+
+        Tensors come as JSON ``data`` or, with the binary tensor data extension, as raw
+        little-endian bytes after the JSON part: ``parameters.binary_data_size`` on the input
+        and the ``Inference-Header-Content-Length`` header; ``binary_data`` on an output (or
+        ``binary_data_output`` on the request) returns it the same way."""
         return _as_response(
             await infer(model_name, None, await request.body(), request.headers.get(BINARY_HEADER))
         )
@@ -1028,6 +1034,7 @@ def create_app(
         openapi_extra=_body(InferenceRequest),
     )
     async def model_version_infer(model_name: str, model_version: str, request: Request) -> Any:
+        """The same as ``/v2/models/{model_name}/infer``, for one version of the detector."""
         return _as_response(
             await infer(
                 model_name, model_version, await request.body(), request.headers.get(BINARY_HEADER)

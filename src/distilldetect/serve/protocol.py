@@ -545,15 +545,7 @@ def decode_binary(inputs: list[RequestInput], binary: bytes | None) -> dict[int,
                 got="no header",
             )
         datatype = tensor.datatype
-        if datatype == "BYTES":
-            raise APIError(
-                422,
-                f"{field}.datatype must be numeric (FP32, FP64, FP16, INT*, UINT* or BOOL), "
-                "got BYTES",
-                field=f"{field}.datatype",
-                expected="a numeric datatype",
-                got="BYTES",
-            )
+        _check_numeric(datatype, field)
         _check_shape(tensor.shape, field)
         dtype = np.dtype(_BINARY_DTYPES[datatype])
         n = math.prod(tensor.shape)
@@ -663,6 +655,17 @@ def _numeric_array(data: list[Any], field: str, datatype: str) -> np.ndarray:
     return arr
 
 
+def _check_numeric(datatype: str, field: str) -> None:
+    if datatype == "BYTES":
+        raise APIError(
+            422,
+            f"{field}.datatype must be numeric (FP32, FP64, FP16, INT*, UINT* or BOOL), got BYTES",
+            field=f"{field}.datatype",
+            expected="a numeric datatype",
+            got="BYTES",
+        )
+
+
 def _check_shape(shape: list[int], field: str) -> None:
     if any(s < 0 for s in shape):
         raise APIError(
@@ -707,14 +710,7 @@ def decode_tensor(tensor: RequestInput, field: str) -> np.ndarray:
     """
     datatype = tensor.datatype
     shape = tensor.shape
-    if datatype == "BYTES":
-        raise APIError(
-            422,
-            f"{field}.datatype must be numeric (FP32, FP64, FP16, INT*, UINT* or BOOL), got BYTES",
-            field=f"{field}.datatype",
-            expected="a numeric datatype",
-            got="BYTES",
-        )
+    _check_numeric(datatype, field)
     if tensor.data is None:
         raise APIError(
             422,
