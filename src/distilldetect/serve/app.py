@@ -74,7 +74,6 @@ from .protocol import (
     check_teacher_probs,
     decode_binary,
     decode_tensor,
-    parse_request,
     plain_array,
     short,
     split_binary,
@@ -646,7 +645,7 @@ def _parse(model: type, body: bytes) -> Any:
             got="an empty body",
         )
     try:
-        return parse_request(model, body)
+        return model.model_validate_json(body)
     except ValidationError as err:
         raise RequestValidationError(err.errors(include_url=False)) from None
 

@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic_core import from_json
 
 __all__ = [
     "APIError",
@@ -45,7 +44,6 @@ __all__ = [
     "ReloadResponse",
     "ErrorResponse",
     "short",
-    "parse_request",
     "BINARY_HEADER",
     "BinaryResponse",
     "split_binary",
@@ -316,114 +314,6 @@ class ErrorResponse(BaseModel):
     expected: str | None = None
     got: str | None = None
     errors: list[dict[str, Any]] | None = None
-
-
-# ------------------------------------------------------------------------------- parsing
-# The request models' rules, checked by hand on the parsed JSON for the requests that follow
-# them plainly: validating a long ``data`` list through pydantic costs more than parsing it.
-# Anything these checks do not accept goes through the model itself, so errors (and lax
-# conversions such as ``2.0`` for a size) stay pydantic's.
-_DATATYPE_SET = frozenset(DATATYPES)
-_INPUT_KEYS = frozenset({"name", "shape", "datatype", "parameters", "data"})
-_REQUEST_KEYS = frozenset({"id", "parameters", "inputs", "outputs"})
-_OUTPUT_KEYS = frozenset({"name", "parameters"})
-_SCORE_KEYS = frozenset({"instances", "teacher_probs"})
-
-
-def _opt_dict(obj: dict[str, Any], key: str) -> bool:
-    value = obj.get(key)
-    return value is None or type(value) is dict
-
-
-def _name_ok(value: Any) -> bool:
-    return type(value) is str and len(value) <= 256
-
-
-def _plain_input(t: Any) -> RequestInput | None:
-    if type(t) is not dict or not _INPUT_KEYS.issuperset(t) or not _opt_dict(t, "parameters"):
-        return None
-    name, shape, datatype, data = (t.get(k) for k in ("name", "shape", "datatype", "data"))
-    if not _name_ok(name) or type(datatype) is not str or datatype not in _DATATYPE_SET:
-        return None
-    if type(shape) is not list or not 1 <= len(shape) <= MAX_AXES:
-        return None
-    if data is not None and type(data) is not list:
-        return None
-    if any(type(s) is not int for s in shape):
-        return None
-    return RequestInput.model_construct(
-        name=name, shape=shape, datatype=datatype, parameters=t.get("parameters"), data=data
-    )
-
-
-def _plain_infer(obj: Any) -> InferenceRequest | None:
-    if type(obj) is not dict or not _REQUEST_KEYS.issuperset(obj):
-        return None
-    ident, inputs, outputs = obj.get("id"), obj.get("inputs"), obj.get("outputs")
-    if not (ident is None or (type(ident) is str and len(ident) <= 1024)):
-        return None
-    if not _opt_dict(obj, "parameters") or type(inputs) is not list or not 1 <= len(inputs) <= 8:
-        return None
-    tensors = [_plain_input(t) for t in inputs]
-    if any(t is None for t in tensors):
-        return None
-    wanted = None
-    if outputs is not None:
-        if type(outputs) is not list or len(outputs) > 8:
-            return None
-        wanted = []
-        for o in outputs:
-            if type(o) is not dict or not _OUTPUT_KEYS.issuperset(o) or "name" not in o:
-                return None
-            if not _name_ok(o["name"]) or not _opt_dict(o, "parameters"):
-                return None
-            wanted.append(RequestOutput.model_construct(**o))
-    return InferenceRequest.model_construct(
-        id=ident, parameters=obj.get("parameters"), inputs=tensors, outputs=wanted
-    )
-
-
-def _plain_score(obj: Any) -> ScoreRequest | None:
-    if type(obj) is not dict or not _SCORE_KEYS.issuperset(obj):
-        return None
-    instances, probs = obj.get("instances"), obj.get("teacher_probs")
-    if type(instances) is not list or not instances:
-        return None
-    if probs is not None and type(probs) is not list:
-        return None
-    return ScoreRequest.model_construct(instances=instances, teacher_probs=probs)
-
-
-_PLAIN = {"InferenceRequest": _plain_infer, "ScoreRequest": _plain_score}
-
-
-def parse_request(model: type[BaseModel], body: bytes) -> Any:
-    """``model`` validated from the JSON ``body``, the same as ``model.model_validate_json``.
-
-    A body that follows the model plainly is checked by hand after parsing (about half the
-    CPU for a request of a few thousand numbers); any other body, including every invalid
-    one, goes through ``model_validate_json`` and raises its ``ValidationError``.
-
-    Examples
-    --------
-    >>> req = parse_request(
-    ...     InferenceRequest,
-    ...     b'{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}',
-    ... )
-    >>> req.inputs[0].shape, req.inputs[0].data, req.outputs
-    ([1, 2], [1, 2], None)
-    >>> parse_request(ScoreRequest, b'{"instances": [[0.5]]}').instances
-    [[0.5]]
-    """
-    plain = _PLAIN.get(model.__name__)
-    if plain is not None:
-        try:
-            found = plain(from_json(body))
-        except ValueError:  # not JSON: pydantic says so in its own words
-            found = None
-        if found is not None:
-            return found
-    return model.model_validate_json(body)
 
 
 # --------------------------------------------------------------- binary tensor data extension
