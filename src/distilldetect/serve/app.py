@@ -355,11 +355,10 @@ class _Guard:
         self, send: Callable, status: int, body: dict[str, Any] | BinaryResponse, headers=()
     ) -> None:
         if isinstance(body, BinaryResponse):  # binary tensor data extension
-            head = json.dumps(body.header).encode()
-            data = head + body.data
+            data, head_length = body.encode()
             kind = [
                 (b"content-type", b"application/octet-stream"),
-                (BINARY_HEADER.encode(), str(len(head)).encode()),
+                (BINARY_HEADER.encode(), str(head_length).encode()),
             ]
         else:
             data = json.dumps(body).encode()
@@ -496,11 +495,9 @@ def _as_response(result: dict[str, Any] | BinaryResponse) -> Any:
     """A route's answer: the JSON body, or the raw response of the binary extension."""
     if not isinstance(result, BinaryResponse):
         return result
-    head = json.dumps(result.header).encode()
+    data, head_length = result.encode()
     return Response(
-        head + result.data,
-        media_type="application/octet-stream",
-        headers={BINARY_HEADER: str(len(head))},
+        data, media_type="application/octet-stream", headers={BINARY_HEADER: str(head_length)}
     )
 
 

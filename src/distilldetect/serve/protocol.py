@@ -16,6 +16,7 @@ what came); nothing a client sends reaches the model unchecked.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Literal
 
@@ -343,6 +344,17 @@ class BinaryResponse:
     def __init__(self, header: dict[str, Any], data: bytes) -> None:
         self.header = header
         self.data = data
+
+    def encode(self) -> tuple[bytes, int]:
+        """The body to send and the length of its JSON part (the header's value).
+
+        Examples
+        --------
+        >>> BinaryResponse({"a": 1}, b"xy").encode()
+        (b'{"a": 1}xy', 8)
+        """
+        head = json.dumps(self.header).encode()
+        return head + self.data, len(head)
 
 
 def split_binary(body: bytes, header_value: str | None) -> tuple[bytes, bytes | None]:
