@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from .compose import compose_conv_pairs
+from .flops import FlopCounter
 from .modes import preserve_modes
 from .precision import DTYPES, lower
 from .seed_student import ComposedStudent, composable, composed_logits, pair_kernels, pair_plan
@@ -802,25 +803,25 @@ _FLOPS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]] = weakref.WeakKey
 def flops_per_row(model: nn.Module, x: torch.Tensor) -> int:
     """Floating-point operations of ``model``'s forward on one row shaped like ``x[0]``.
 
-    Counted once per model and row shape with :class:`torch.utils.flop_counter.FlopCounterMode`
-    on a single zero row in eval mode (no state changes), then cached. A deterministic measure
-    of work, so the choice between paths never depends on timing.
+    Counted once per model and row shape with :class:`~distilldetect.backends.torch.flops.
+    FlopCounter` (convolutions, matrix products, attention) on a single zero row in eval mode
+    (no state changes), then cached. A deterministic measure of work, so the choice between
+    paths never depends on timing. A model whose work the counter does not see (none of
+    those calls) is assumed worth splitting.
 
     Examples
     --------
     >>> flops_per_row(nn.Linear(4, 3), torch.zeros(2, 4))
     24
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     key = (tuple(x.shape[1:]), x.dtype)
     cache = _FLOPS.setdefault(model, {})
     if key not in cache:
         try:
-            counter = FlopCounterMode(display=False)
+            counter = FlopCounter()
             with preserve_modes(model, training=False), torch.no_grad(), counter:
                 model(torch.zeros((1, *x.shape[1:]), dtype=x.dtype, device=x.device))
-            cache[key] = max(int(counter.get_total_flops()), 1)
+            cache[key] = counter.total if counter.total > 0 else MIN_WORK_TO_SPLIT
         except Exception:  # a model the counter cannot follow: assume it is worth splitting
             cache[key] = MIN_WORK_TO_SPLIT
     return cache[key]

@@ -19,6 +19,7 @@ from ...losses import EPSILON, LOSS_TYPES
 from . import fast
 from .fast import seal
 from .modes import model_lock, preserve_modes
+from .optim import Adam
 
 __all__ = [
     "is_model",
@@ -182,10 +183,13 @@ def _regularization(student: torch.nn.Module) -> torch.Tensor | None:
 
 def _build_optimizer(
     student: torch.nn.Module, optimizer: Any, learning_rate: float | None
-) -> torch.optim.Optimizer:
+) -> torch.optim.Optimizer | Adam:
     params = [p for p in student.parameters() if p.requires_grad]
     if optimizer is None:
-        return torch.optim.Adam(params, lr=1e-3 if learning_rate is None else learning_rate)
+        lr = 1e-3 if learning_rate is None else learning_rate
+        if all(p.device.type == "cpu" for p in params):
+            return Adam(params, lr=lr)  # torch's arithmetic, without torch._dynamo's import
+        return torch.optim.Adam(params, lr=lr)
     if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
         if learning_rate is None:
             return optimizer(params)
