@@ -181,7 +181,13 @@ def pair_kernels(c1: nn.Conv2d, c2: nn.Conv2d) -> dict[str, torch.Tensor]:
     }
     rows = torch.einsum("pcdiab,dbv->cpiav", t, e)  # conv2 tap row c: (k2, o2, i, k1, K)
     cols = torch.einsum("pcdiab,cau->dpiub", t, e)  # conv2 tap column d: (k2, o2, i, K, k1)
-    out["w2t"] = w2.permute(2, 3, 1, 0).contiguous()  # (c, d, o1, o2): corner products
+    # conv2's tap (c, d) as an (o1, o2) matrix, for the corner products: views of one copy
+    # (unbind's backward stacks the taps' gradients once; indexing a (c, d, o1, o2) tensor per
+    # corner would allocate and zero-fill a full-size gradient for every corner)
+    taps = w2.permute(2, 3, 1, 0).reshape(k2 * k2, w2.shape[1], o2).unbind(0)
+    for c in range(k2):
+        for d in range(k2):
+            out[f"w2t{c}_{d}"] = taps[c * k2 + d]
     row_b = w2.sum(3).permute(2, 0, 1) @ b1  # (k2, o2)
     col_b = w2.sum(2).permute(2, 0, 1) @ b1
     for tap in range(k2):
@@ -226,7 +232,9 @@ def pair_forward(x: torch.Tensor, plan: PairPlan, kern: dict[str, torch.Tensor])
                 xp[:, :, r0(r) : r0(r) + k1, c0(c) : c0(c) + k1], kern["w1"], kern["b1"]
             )[:, :, 0, 0]
             for j, tr in row_pairs:
-                back = {i: (corner @ kern["w2t"][tr, tc])[:, :, None, None] for i, tc in col_pairs}
+                back = {
+                    i: (corner @ kern[f"w2t{tr}_{tc}"])[:, :, None, None] for i, tc in col_pairs
+                }
                 row_fix[j] = row_fix[j] - _assemble(back, plan.w2, 3, row_fix[j].shape)
     if not torch.is_grad_enabled():  # inference: no backward to pay for, write in place
         for j, fix in row_fix.items():
