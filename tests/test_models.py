@@ -86,3 +86,25 @@ def test_train_classifier_learns_digits(digits):
         train_classifier(model, X, y[:-1], verbose=False)
     with pytest.raises(ValueError, match="integer"):
         train_classifier(model, X, y.astype(np.float32), verbose=False)
+
+
+@pytest.mark.parametrize("framework", ["pytorch", "tensorflow"])
+def test_build_model_seed_fixes_the_initial_weights(framework):
+    if framework == "tensorflow":
+        pytest.importorskip("tensorflow")
+
+    def weights(seed):
+        model = build_model("cnn_classifier", framework, input_shape=(12, 12), seed=seed)
+        if framework == "pytorch":
+            return [p.detach().numpy().copy() for p in model.parameters()]
+        return [np.asarray(w) for w in model.get_weights()]
+
+    a, b, c = weights(3), weights(3), weights(4)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, z) for x, z in zip(a, c, strict=True))
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0"])
+def test_build_model_refuses_a_bad_seed(seed):
+    with pytest.raises((ValueError, TypeError), match="seed"):
+        build_model("cnn_classifier", input_shape=(12, 12), seed=seed)

@@ -34,5 +34,7 @@ def test_readme_quickstart_runs(tmp_path, capsys):
     finally:
         os.chdir(cwd)
     out = capsys.readouterr().out
-    assert "flagged:" in out and "drift on a noisy batch:" in out
+    lines = {line.split()[0]: line for line in out.splitlines() if "teacher accuracy" in line}
+    assert set(lines) == {"none", "fog", "brightness"}, out
+    assert "of images flagged" in lines["fog"] and "drift in" in lines["fog"]
     assert (tmp_path / "fmnist_detector" / "config.json").exists()

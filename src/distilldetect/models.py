@@ -29,7 +29,9 @@ from .base import (
 __all__ = ["MODEL_NAMES", "build_model", "train_classifier", "load_classifier", "import_factory"]
 
 
-def build_model(name: str, framework: str = "pytorch", **kwargs: Any) -> Any:
+def build_model(
+    name: str, framework: str = "pytorch", *, seed: int | None = None, **kwargs: Any
+) -> Any:
     """Build a zoo model (softmax outputs, images as ``(n, h, w[, c])``) in ``framework``.
 
     Parameters
@@ -38,19 +40,32 @@ def build_model(name: str, framework: str = "pytorch", **kwargs: Any) -> Any:
         One of :data:`MODEL_NAMES`.
     framework
         ``'pytorch'`` or ``'tensorflow'``.
+    seed
+        Seed for the initial weights: the framework's global random numbers are seeded with it
+        first (``torch.manual_seed``; ``keras.utils.set_random_seed``, which seeds NumPy's and
+        Python's too), so the same seed builds the same model. None draws from the global
+        state as it is.
     **kwargs
         The builder's arguments (``input_shape``, ``num_classes``, ...).
 
     Examples
     --------
     >>> student = build_model("distilled_model_cifar10", input_shape=(32, 32, 3))  # doctest: +SKIP
+    >>> a = build_model("cnn_classifier", input_shape=(28, 28), seed=0)
+    >>> b = build_model("cnn_classifier", input_shape=(28, 28), seed=0)
+    >>> all((p == q).all() for p, q in zip(a.parameters(), b.parameters()))
+    True
     """
     if framework not in FRAMEWORKS:
         raise ValueError(f"framework must be one of {FRAMEWORKS}, got {framework!r}")
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; known: {list(MODEL_NAMES)}")
+    seed = check_seed(seed)
     check_builder_args(name, kwargs)  # before the framework is even imported
-    return get_backend(framework).build_model(name, **kwargs)
+    backend = get_backend(framework)
+    if seed is not None:
+        backend.manual_seed(seed)
+    return backend.build_model(name, **kwargs)
 
 
 def train_classifier(
