@@ -206,3 +206,22 @@ def test_config_checks_name_the_setting():
         adv.AdversarialConfig(n_students=2, n_surrogates=0).validate()
     with pytest.raises(TypeError, match="attacks must be a list"):
         adv.AdversarialConfig(attacks="fgsm").validate()
+
+
+@needs_data
+def test_keras_teacher_takes_fgsm_and_pgd_and_refuses_the_torch_only_attacks(tmp_path):
+    pytest.importorskip("tensorflow")
+    from distilldetect.backends.tensorflow.runtime import keras
+
+    teacher = keras.Sequential(
+        [keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10, "softmax")]
+    )
+    cfg = adv.quick_adversarial_config(
+        attacks=["fgsm", "cw", "adaptive"], out=str(tmp_path / "o"), verbose=False
+    )
+    with pytest.raises(ValueError, match=r"attacks \['cw', 'adaptive'\] need a torch model"):
+        adv.preflight(cfg, teacher=teacher)
+    ok = adv.quick_adversarial_config(
+        attacks=["fgsm", "pgd", "blackbox"], out=str(tmp_path / "o2"), verbose=False
+    )
+    adv.preflight(ok, teacher)

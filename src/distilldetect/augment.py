@@ -315,9 +315,9 @@ def adversarial_augment(
     >>> out.shape, out.dtype, bool(np.abs(out - x).max() <= 0.1 + 1e-6)
     ((6, 4), dtype('float32'), True)
     """
-    from .attacks import _check_clip, _torch_backend
+    from .attacks import _check_clip, _gradient_backend
 
-    backend = _torch_backend(student, "adversarial_augment", "student")
+    backend = _gradient_backend(student, "adversarial_augment", "student")
     eps = _check_budget(eps, "eps")
     steps = check_positive_int(steps, "steps")
     p_adv = _check_unit_fraction(p_adv, "p_adv")

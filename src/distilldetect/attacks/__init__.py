@@ -1,7 +1,8 @@
 """Adversarial attacks on a classifier, numpy in and numpy out, including the adaptive attack.
 
 * Gradient attacks on a differentiable teacher (a ``torch.nn.Module``; gradients through
-  :mod:`distilldetect.backends.torch.attacks`): :func:`fgsm`, :func:`pgd` (L-inf and L2, random
+  :mod:`distilldetect.backends.torch.attacks`; :func:`fgsm` and :func:`pgd` also on a tf.keras
+  model, through :mod:`distilldetect.backends.tensorflow.attacks`): :func:`fgsm`, :func:`pgd` (L-inf and L2, random
   start), :func:`carlini_wagner_l2`, and :func:`adaptive_pgd`, the attacker who knows the
   detector: it maximises ``CE(teacher(x'), y) - lam * score(x')`` so that the teacher is fooled
   while the distilled student(s) keep agreeing with it.
@@ -48,6 +49,7 @@ from .blackbox import simba, square
 __all__ = [
     "ATTACKS",
     "GRADIENT_ATTACKS",
+    "TF_GRADIENT_ATTACKS",
     "QUERY_ATTACKS",
     "NORMS",
     "fgsm",
@@ -62,8 +64,10 @@ __all__ = [
 
 #: The attacks of ``distilldetect adversarial`` (``blackbox`` is :func:`simba`).
 ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "cw", "blackbox", "adaptive")
-#: The attacks that need the teacher's gradients (a torch model).
+#: The attacks that need the teacher's gradients (a torch model; fgsm and pgd: or tf.keras).
 GRADIENT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "cw", "adaptive")
+#: The gradient attacks written for tf.keras teachers too (the others need a torch model).
+TF_GRADIENT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd")
 #: The attacks that only query the teacher's predictions.
 QUERY_ATTACKS: tuple[str, ...] = ("blackbox",)
 NORMS: tuple[str, ...] = ("linf", "l2")
@@ -93,11 +97,14 @@ def _check_clip(clip: Any) -> tuple[float, float] | None:
     return float(clip[0]), float(clip[1])
 
 
-def _torch_backend(model: Any, attack: str, name: str = "model") -> Any:
-    """The backend with gradients for ``model``; TypeError naming the attacks if it has none."""
+def _gradient_backend(model: Any, attack: str, name: str = "model") -> Any:
+    """The backend with gradients for ``model`` and ``attack``; TypeError naming the attacks
+    that would work if it has none (a callable) or lacks this one (tf.keras: fgsm and pgd)."""
     framework = framework_of(model)
     if framework == "pytorch":
         return get_backend("pytorch")
+    if framework == "tensorflow" and attack in TF_GRADIENT_ATTACKS:
+        return get_backend("tensorflow")
     if framework == "callable":
         raise TypeError(
             f"{attack} needs the gradients of {name}, but {name} is a black-box callable; "
@@ -105,15 +112,16 @@ def _torch_backend(model: Any, attack: str, name: str = "model") -> Any:
             f"query-only attacks {list(QUERY_ATTACKS)} (simba, square) work on any callable"
         )
     raise TypeError(
-        f"{attack} needs gradients; only torch models have them here (got a {framework} "
-        f"{name}); use the query-only attacks {list(QUERY_ATTACKS)} for it"
+        f"{attack} needs the gradients of a torch model here (got a {framework} {name}); "
+        f"for a tf.keras model use {list(TF_GRADIENT_ATTACKS)} or the query-only attacks "
+        f"{list(QUERY_ATTACKS)}"
     )
 
 
 def _common(
     model: Any, x: Any, y: Any, eps: Any, attack: str, seed: Any, batch_size: Any, verbose: Any
 ) -> tuple[Any, np.ndarray, np.ndarray, float]:
-    backend = _torch_backend(model, attack)
+    backend = _gradient_backend(model, attack)
     x, y = _check_xy(x, y)
     eps = check_eps(eps)
     check_seed(seed)
@@ -138,7 +146,7 @@ def fgsm(
     Parameters
     ----------
     model
-        The teacher, a ``torch.nn.Module`` returning probabilities.
+        The teacher, a ``torch.nn.Module`` or a tf.keras model, returning probabilities.
     x, y
         Float batch and integer true labels.
     eps
@@ -343,7 +351,7 @@ def adaptive_pgd(
     if not student_list:
         raise ValueError("students must hold at least one distilled model, got none")
     for i, s in enumerate(student_list):
-        _torch_backend(s, "adaptive", name=f"students[{i}]")
+        _gradient_backend(s, "adaptive", name=f"students[{i}]")
     if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not math.isfinite(lam):
         raise TypeError(f"lam must be a finite number >= 0, got {describe(lam)}")
     if lam < 0:

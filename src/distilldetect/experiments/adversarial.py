@@ -262,12 +262,23 @@ def _check_teacher_gradients(cfg: AdversarialConfig, teacher: Any) -> None:
     from ..backends import framework_of
 
     framework = framework_of(teacher)
+    if framework == "pytorch":
+        return
     needs = [a for a in cfg.attacks if a in attack_lib.GRADIENT_ATTACKS]
-    if framework != "pytorch" and needs:
-        kind = "a black-box callable" if framework == "callable" else f"a {framework} model"
+    if framework == "tensorflow":
+        needs = [a for a in needs if a not in attack_lib.TF_GRADIENT_ATTACKS]
+        if needs:
+            raise ValueError(
+                f"the teacher is a tensorflow model: attacks {needs} need a torch model's "
+                f"gradients; {list(attack_lib.TF_GRADIENT_ATTACKS)} and "
+                f"{list(attack_lib.QUERY_ATTACKS)} work on it"
+            )
+        return
+    if needs:
         raise ValueError(
-            f"the teacher is {kind}: attacks {needs} need its gradients (a torch model); "
-            f"only {list(attack_lib.QUERY_ATTACKS)} work on it (--attacks blackbox)"
+            f"the teacher is a black-box callable: attacks {needs} need its gradients (a "
+            f"torch model); only {list(attack_lib.QUERY_ATTACKS)} work on it (--attacks "
+            "blackbox)"
         )
 
 

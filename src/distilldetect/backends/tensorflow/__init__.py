@@ -4,11 +4,13 @@
   student's training step, the loss in TensorFlow, supervised training of a teacher;
 * :mod:`.models` — the model zoo in Keras, twins of the torch zoo;
 * :mod:`.io` — ``.keras`` files loaded with ``safe_mode=True``, legacy ``.h5`` files checked for
-  code before Keras reads them (:func:`load_h5`), never pickle.
+  code before Keras reads them (:func:`load_h5`), never pickle;
+* :mod:`.attacks` — FGSM and PGD by ``tf.GradientTape``.
 """
 
 from __future__ import annotations
 
+from . import attacks
 from .io import load_h5, load_keras_file, load_model, save_model
 from .models import build as build_model
 from .runtime import (
@@ -29,6 +31,7 @@ FRAMEWORK = "tensorflow"
 
 __all__ = [
     "FRAMEWORK",
+    "attacks",
     "Trainer",
     "build_model",
     "distillation_loss",

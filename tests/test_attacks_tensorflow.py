@@ -1,0 +1,72 @@
+"""FGSM and PGD on tf.keras teachers (``backends/tensorflow/attacks.py``), against the torch
+attacks on a torch twin with the same weights; the attacks written for torch only say so."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+tf = pytest.importorskip("tensorflow")
+
+from distilldetect import attacks  # noqa: E402
+from distilldetect.backends.tensorflow.runtime import keras  # noqa: E402
+from distilldetect.utils import predict_batch  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def twins(attack_digits):
+    """The digits MLP teacher and a tf.keras copy of it (same weights, same outputs)."""
+    net, _, x, y = attack_digits
+    linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    k = keras.Sequential(
+        [
+            keras.Input((8, 8)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(linears[0].out_features, activation="relu"),
+            keras.layers.Dense(linears[1].out_features, activation="softmax"),
+        ]
+    )
+    for layer, lin in zip(k.layers[1:], linears, strict=True):
+        layer.set_weights([lin.weight.detach().numpy().T, lin.bias.detach().numpy()])
+    np.testing.assert_allclose(predict_batch(x, k), predict_batch(x, net), atol=1e-5)
+    return net, k, x[:100], y[:100]
+
+
+def test_fgsm_on_keras_equals_fgsm_on_the_torch_twin(twins):
+    net, k, x, y = twins
+    ours = attacks.fgsm(k, x, y, 0.1, clip=(0.0, 1.0), verbose=False)
+    theirs = attacks.fgsm(net, x, y, 0.1, clip=(0.0, 1.0), verbose=False)
+    # the same gradient signs: pixels differ only where a gradient is ~0 (sign ties)
+    assert np.mean(np.isclose(ours, theirs, atol=1e-6)) > 0.999
+    assert np.abs(ours - x).max() <= 0.1 + 1e-6 and ours.min() >= 0.0 and ours.max() <= 1.0
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.15), ("l2", 1.0)])
+def test_pgd_on_keras_matches_the_torch_twin_and_stays_in_the_ball(twins, norm, eps):
+    net, k, x, y = twins
+    kwargs = {"norm": norm, "steps": 10, "random_start": False, "verbose": False}
+    ours = attacks.pgd(k, x, y, eps, **kwargs)
+    theirs = attacks.pgd(net, x, y, eps, **kwargs)
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    delta = (ours - x).reshape(len(x), -1)
+    size = np.abs(delta).max(1) if norm == "linf" else np.linalg.norm(delta, axis=1)
+    assert size.max() <= eps + 1e-5
+    fooled = (predict_batch(ours, k).argmax(1) != y).mean()
+    assert fooled > 0.5, fooled
+
+
+def test_pgd_on_keras_random_start_is_seeded(twins):
+    _, k, x, y = twins
+    a = attacks.pgd(k, x[:20], y[:20], 0.1, steps=2, seed=3, verbose=False)
+    b = attacks.pgd(k, x[:20], y[:20], 0.1, steps=2, seed=3, verbose=False)
+    c = attacks.pgd(k, x[:20], y[:20], 0.1, steps=2, seed=4, verbose=False)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_torch_only_attacks_refuse_a_keras_teacher_naming_the_ones_that_work(twins):
+    _, k, x, y = twins
+    with pytest.raises(TypeError, match=r"\['fgsm', 'pgd'\]"):
+        attacks.carlini_wagner_l2(k, x[:4], y[:4], 1.0, verbose=False)
+    with pytest.raises(TypeError, match=r"\['fgsm', 'pgd'\]"):
+        attacks.adaptive_pgd(k, k, x[:4], y[:4], 0.1, verbose=False)
