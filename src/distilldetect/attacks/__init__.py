@@ -1,8 +1,9 @@
 """Adversarial attacks on a classifier, numpy in and numpy out, including the adaptive attack.
 
 * Gradient attacks on a differentiable teacher (a ``torch.nn.Module``; gradients through
-  :mod:`distilldetect.backends.torch.attacks`; :func:`fgsm` and :func:`pgd` also on a tf.keras
-  model, through :mod:`distilldetect.backends.tensorflow.attacks`): :func:`fgsm`, :func:`pgd` (L-inf and L2, random
+  :mod:`distilldetect.backends.torch.attacks`; :func:`fgsm`, :func:`pgd` and
+  :func:`carlini_wagner_l2` also on a tf.keras model, through
+  :mod:`distilldetect.backends.tensorflow.attacks`): :func:`fgsm`, :func:`pgd` (L-inf and L2, random
   start), :func:`carlini_wagner_l2`, and :func:`adaptive_pgd`, the attacker who knows the
   detector: it maximises ``CE(teacher(x'), y) - lam * score(x')`` so that the teacher is fooled
   while the distilled student(s) keep agreeing with it.
@@ -64,10 +65,10 @@ __all__ = [
 
 #: The attacks of ``distilldetect adversarial`` (``blackbox`` is :func:`simba`).
 ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "cw", "blackbox", "adaptive")
-#: The attacks that need the teacher's gradients (a torch model; fgsm and pgd: or tf.keras).
+#: The attacks that need the teacher's gradients (a torch model; fgsm, pgd and cw: or tf.keras).
 GRADIENT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "cw", "adaptive")
 #: The gradient attacks written for tf.keras teachers too (the others need a torch model).
-TF_GRADIENT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd")
+TF_GRADIENT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "cw")
 #: The attacks that only query the teacher's predictions.
 QUERY_ATTACKS: tuple[str, ...] = ("blackbox",)
 NORMS: tuple[str, ...] = ("linf", "l2")
@@ -99,7 +100,7 @@ def _check_clip(clip: Any) -> tuple[float, float] | None:
 
 def _gradient_backend(model: Any, attack: str, name: str = "model") -> Any:
     """The backend with gradients for ``model`` and ``attack``; TypeError naming the attacks
-    that would work if it has none (a callable) or lacks this one (tf.keras: fgsm and pgd)."""
+    that would work if it has none (a callable) or lacks this one (tf.keras: fgsm, pgd, cw)."""
     framework = framework_of(model)
     if framework == "pytorch":
         return get_backend("pytorch")

@@ -5,7 +5,7 @@
 * :mod:`.models` — the model zoo in Keras, twins of the torch zoo;
 * :mod:`.io` — ``.keras`` files loaded with ``safe_mode=True``, legacy ``.h5`` files checked for
   code before Keras reads them (:func:`load_h5`), never pickle;
-* :mod:`.attacks` — FGSM and PGD by ``tf.GradientTape``.
+* :mod:`.attacks` — FGSM, PGD and Carlini-Wagner L2 by ``tf.GradientTape``.
 """
 
 from __future__ import annotations

@@ -1,14 +1,16 @@
-"""Gradient attacks on tf.keras classifiers: FGSM and PGD (L-inf / L2), by ``tf.GradientTape``.
+"""Gradient attacks on tf.keras classifiers: FGSM, PGD (L-inf / L2) and Carlini-Wagner L2, by
+``tf.GradientTape``.
 
 Numpy in, numpy out, in batches; the model's weights are never changed (it runs with
 ``training=False`` and only the input is watched). The framework-free face, with the argument
-checks, is :mod:`distilldetect.attacks`; call that, not this module. Carlini-Wagner and the
-adaptive attack are written for torch models only (:mod:`distilldetect.backends.torch.attacks`).
+checks, is :mod:`distilldetect.attacks`; call that, not this module. The adaptive attack is
+written for torch models only (:mod:`distilldetect.backends.torch.attacks`).
 
-The model returns probabilities; the loss is the cross-entropy ``-log p_y`` (the same as the
-cross-entropy of the logits, so the same gradients as the torch attacks take through a zoo
-model's ``forward_logits``). The random start is drawn from a NumPy generator seeded with
-``seed``: the same seed gives the same start, though not the one the torch backend draws.
+The model returns probabilities; the attacks use ``log p`` as logits. The cross-entropy
+``-log p_y`` and the margins ``log p_j - log p_y`` equal those of the logits themselves, so the
+objectives are the ones the torch attacks take through a zoo model's ``forward_logits``.
+Random numbers (PGD's start, C&W's initial ``w``) come from a NumPy generator seeded with
+``seed``: the same seed gives the same result, though not the torch backend's draws.
 
 Examples
 --------
@@ -30,7 +32,7 @@ import tensorflow as tf
 
 from .runtime import keras  # noqa: F401 - the examples' namespace
 
-__all__ = ["pgd"]
+__all__ = ["pgd", "carlini_wagner_l2"]
 
 
 def _flat_norm(t: tf.Tensor) -> tf.Tensor:
@@ -55,14 +57,24 @@ def _start(shape: tuple[int, ...], eps: float, norm: str, rng: np.random.Generat
     return (direction * scale).astype(np.float32)
 
 
-def _objective(model: Any, x: tf.Tensor, y: tf.Tensor, kappa: float | None) -> tf.Tensor:
+def _log_probs(model: Any, x: tf.Tensor) -> tf.Tensor:
     probs = tf.cast(model(x, training=False), tf.float32)
-    log_p = tf.math.log(tf.maximum(probs, 1e-12))
+    return tf.math.log(tf.maximum(probs, 1e-12))
+
+
+def _margin(log_p: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(log p_y, max_{j != y} log p_j)`` of each row."""
     true = tf.gather(log_p, y, axis=1, batch_dims=1)
+    other = tf.reduce_max(log_p - 1e30 * tf.one_hot(y, log_p.shape[1]), axis=1)
+    return true, other
+
+
+def _objective(model: Any, x: tf.Tensor, y: tf.Tensor, kappa: float | None) -> tf.Tensor:
+    log_p = _log_probs(model, x)
+    true, other = _margin(log_p, y)
     if kappa is None:
         return -true  # cross-entropy of each row
-    other = tf.reduce_max(log_p - 1e30 * tf.one_hot(y, log_p.shape[1]), axis=1)
-    return tf.minimum(other - true, kappa)  # the hinged margin (log-probabilities as logits)
+    return tf.minimum(other - true, kappa)  # the hinged margin
 
 
 def pgd(
@@ -114,4 +126,76 @@ def pgd(
             if clip is not None:
                 delta = tf.clip_by_value(xb + delta, clip[0], clip[1]) - xb
         out[start : start + len(xb)] = (xb + delta).numpy().astype(x.dtype, copy=False)
+    return out
+
+
+def carlini_wagner_l2(
+    model: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    eps: float,
+    *,
+    steps: int = 100,
+    c: float = 1.0,
+    binary_search_steps: int = 5,
+    learning_rate: float = 0.1,
+    kappa: float = 0.0,
+    clip: tuple[float, float] | None = None,
+    seed: int | None = 0,
+    batch_size: int = 256,
+    verbose: bool = True,
+) -> np.ndarray:
+    """Carlini-Wagner L2 (untargeted): minimise ``||d||_2^2 + c * max(Z_y - max_j!=y Z_j, -kappa)``
+    with Adam (torch's update rule, written out), ``d = eps * tanh(w)``, binary search over
+    ``c``. Each image keeps its smallest-L2 perturbation that fools the model; an image never
+    fooled keeps the last one tried.
+    """
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng(seed)
+    beta1, beta2, adam_eps = 0.9, 0.999, 1e-8
+    out = np.empty_like(x)
+    for start in tqdm(
+        range(0, len(x), batch_size), desc="C&W L2", disable=not verbose, leave=False
+    ):
+        xb = tf.constant(np.asarray(x[start : start + batch_size], np.float32))
+        yb = tf.constant(np.asarray(y[start : start + batch_size], np.int64))
+        n = int(xb.shape[0])
+        lower, upper = np.zeros(n, np.float32), np.full(n, np.inf, np.float32)
+        const = np.full(n, c, np.float32)
+        best, best_l2 = xb.numpy().copy(), np.full(n, np.inf, np.float32)
+        last = best.copy()
+        for _ in range(binary_search_steps):
+            w = tf.constant(rng.standard_normal(tuple(xb.shape), dtype=np.float32) * 1e-3)
+            m, v = tf.zeros_like(w), tf.zeros_like(w)
+            succeeded = np.zeros(n, bool)
+            for t in range(1, steps + 1):
+                with tf.GradientTape() as tape:
+                    tape.watch(w)
+                    xa = xb + eps * tf.tanh(w)
+                    if clip is not None:
+                        xa = tf.clip_by_value(xa, clip[0], clip[1])
+                    log_p = _log_probs(model, xa)
+                    true, other = _margin(log_p, yb)
+                    margin = tf.maximum(true - other, -kappa)
+                    l2sq = tf.reduce_sum(tf.reshape(xa - xb, (n, -1)) ** 2, axis=1)
+                    loss = tf.reduce_sum(l2sq + tf.constant(const) * margin)
+                grad = tape.gradient(loss, w)
+                m = beta1 * m + (1 - beta1) * grad
+                v = beta2 * v + (1 - beta2) * grad * grad
+                denom = tf.sqrt(v) / (1 - beta2**t) ** 0.5 + adam_eps
+                w = w - (learning_rate / (1 - beta1**t)) * m / denom
+                fooled = (tf.argmax(log_p, axis=1) != yb).numpy()
+                l2 = np.sqrt(l2sq.numpy())
+                better = fooled & (l2 < best_l2)
+                best_l2 = np.where(better, l2, best_l2)
+                best[better] = xa.numpy()[better]
+                succeeded |= fooled
+                last = xa.numpy()
+            upper = np.where(succeeded, np.minimum(upper, const), upper)
+            lower = np.where(succeeded, lower, np.maximum(lower, const))
+            const = np.where(np.isinf(upper), const * 10, (lower + upper) / 2).astype(np.float32)
+        never = np.isinf(best_l2)
+        best[never] = last[never]
+        out[start : start + n] = best.astype(x.dtype, copy=False)
     return out
