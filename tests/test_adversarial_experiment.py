@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -209,19 +210,32 @@ def test_config_checks_name_the_setting():
 
 
 @needs_data
-def test_keras_teacher_takes_fgsm_pgd_cw_and_refuses_the_adaptive_attack(tmp_path):
+def test_keras_teacher_takes_the_gradient_attacks_and_adaptive_needs_keras_students(tmp_path):
     pytest.importorskip("tensorflow")
+    from distilldetect import ModelDistillation, save_detector
     from distilldetect.backends.tensorflow.runtime import keras
 
-    teacher = keras.Sequential(
-        [keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10, "softmax")]
-    )
-    cfg = adv.quick_adversarial_config(
-        attacks=["fgsm", "cw", "adaptive"], out=str(tmp_path / "o"), verbose=False
-    )
-    with pytest.raises(ValueError, match=r"attacks \['adaptive'\] need a torch model"):
-        adv.preflight(cfg, teacher=teacher)
+    def dense(seed):
+        keras.utils.set_random_seed(seed)
+        return keras.Sequential(
+            [keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10, "softmax")]
+        )
+
+    teacher = dense(0)
     ok = adv.quick_adversarial_config(
-        attacks=["fgsm", "pgd", "cw", "blackbox"], out=str(tmp_path / "o2"), verbose=False
+        attacks=["fgsm", "pgd", "cw", "blackbox"], out=str(tmp_path / "o1"), verbose=False
     )
     adv.preflight(ok, teacher)
+    # the adaptive attack differentiates through the students too: the study's are torch
+    cfg = adv.quick_adversarial_config(attacks=["adaptive"], out=str(tmp_path / "o2"))
+    with pytest.raises(ValueError, match="its students must be too"):
+        adv.preflight(cfg, teacher=teacher)
+    # a saved detector with a Keras student: fine without the defences' torch students
+    ad = ModelDistillation(distilled_model=dense(1), model=teacher)
+    save_detector(ad, tmp_path / "det")
+    given = adv.quick_adversarial_config(
+        attacks=["adaptive"], teacher_path=str(tmp_path / "det"), out=str(tmp_path / "o3")
+    )
+    with pytest.raises(ValueError, match="--students 0, no robust defence"):
+        adv.preflight(given)
+    adv.preflight(dataclasses.replace(given, n_students=0, defences=[]))

@@ -1,7 +1,9 @@
-"""FGSM, PGD and C&W on tf.keras teachers (``backends/tensorflow/attacks.py``), against the torch
+"""FGSM, PGD, C&W and the adaptive PGD on tf.keras models (``backends/tensorflow/attacks.py``), against the torch
 attacks on a torch twin with the same weights; the attacks written for torch only say so."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
@@ -80,7 +82,28 @@ def test_carlini_wagner_on_keras_finds_what_the_torch_twin_finds(twins):
     np.testing.assert_allclose(np.median(l2_ours), np.median(l2_theirs), rtol=0.05)
 
 
-def test_torch_only_attacks_refuse_a_keras_teacher_naming_the_ones_that_work(twins):
-    _, k, x, y = twins
-    with pytest.raises(TypeError, match=r"\['fgsm', 'pgd', 'cw'\]"):
-        attacks.adaptive_pgd(k, k, x[:4], y[:4], 0.1, verbose=False)
+def test_adaptive_pgd_on_keras_teacher_and_student_matches_the_torch_twins(twins):
+    net, k, x, y = twins
+    x, y = x[:60], y[:60]
+    # a student: the teacher's twin with its last layer perturbed, in both frameworks
+    torch.manual_seed(5)
+    student = copy.deepcopy(net)
+    with torch.no_grad():
+        last = [m for m in student.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.add_(0.3 * torch.randn_like(last.weight))
+    k_student = keras.models.clone_model(k)
+    k_student.set_weights(k.get_weights())
+    k_student.layers[-1].set_weights([last.weight.detach().numpy().T, last.bias.detach().numpy()])
+    kwargs = {"lam": 1.0, "steps": 10, "random_start": False, "verbose": False}
+    ours = attacks.adaptive_pgd(k, k_student, x, y, 0.15, **kwargs)
+    theirs = attacks.adaptive_pgd(net, student, x, y, 0.15, **kwargs)
+    assert np.abs(ours - x).max() <= 0.15 + 1e-6
+    np.testing.assert_allclose(ours, theirs, atol=1e-3)
+
+
+def test_adaptive_pgd_refuses_students_of_another_framework(twins):
+    net, k, x, y = twins
+    with pytest.raises(TypeError, match="same framework"):
+        attacks.adaptive_pgd(k, net, x[:4], y[:4], 0.1, verbose=False)
+    with pytest.raises(TypeError, match="same framework"):
+        attacks.adaptive_pgd(net, k, x[:4], y[:4], 0.1, verbose=False)

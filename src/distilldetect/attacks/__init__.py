@@ -1,10 +1,9 @@
 """Adversarial attacks on a classifier, numpy in and numpy out, including the adaptive attack.
 
-* Gradient attacks on a differentiable teacher (a ``torch.nn.Module``; gradients through
-  :mod:`distilldetect.backends.torch.attacks`; :func:`fgsm`, :func:`pgd` and
-  :func:`carlini_wagner_l2` also on a tf.keras model, through
-  :mod:`distilldetect.backends.tensorflow.attacks`): :func:`fgsm`, :func:`pgd` (L-inf and L2, random
-  start), :func:`carlini_wagner_l2`, and :func:`adaptive_pgd`, the attacker who knows the
+* Gradient attacks on a differentiable teacher (a ``torch.nn.Module`` or a tf.keras model;
+  gradients through :mod:`distilldetect.backends.torch.attacks` or
+  :mod:`distilldetect.backends.tensorflow.attacks`): :func:`fgsm`, :func:`pgd` (L-inf and L2,
+  random start), :func:`carlini_wagner_l2`, and :func:`adaptive_pgd`, the attacker who knows the
   detector: it maximises ``CE(teacher(x'), y) - lam * score(x')`` so that the teacher is fooled
   while the distilled student(s) keep agreeing with it.
 * A query-only attack for any callable teacher (numpy batch -> probabilities): :func:`simba`
@@ -65,10 +64,10 @@ __all__ = [
 
 #: The attacks of ``distilldetect adversarial`` (``blackbox`` is :func:`simba`).
 ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "cw", "blackbox", "adaptive")
-#: The attacks that need the teacher's gradients (a torch model; fgsm, pgd and cw: or tf.keras).
+#: The attacks that need the teacher's gradients (a torch or tf.keras model).
 GRADIENT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "cw", "adaptive")
-#: The gradient attacks written for tf.keras teachers too (the others need a torch model).
-TF_GRADIENT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "cw")
+#: The gradient attacks written for tf.keras models too.
+TF_GRADIENT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "cw", "adaptive")
 #: The attacks that only query the teacher's predictions.
 QUERY_ATTACKS: tuple[str, ...] = ("blackbox",)
 NORMS: tuple[str, ...] = ("linf", "l2")
@@ -100,7 +99,7 @@ def _check_clip(clip: Any) -> tuple[float, float] | None:
 
 def _gradient_backend(model: Any, attack: str, name: str = "model") -> Any:
     """The backend with gradients for ``model`` and ``attack``; TypeError naming the attacks
-    that would work if it has none (a callable) or lacks this one (tf.keras: fgsm, pgd, cw)."""
+    that would work if it has none (a callable) or lacks this one."""
     framework = framework_of(model)
     if framework == "pytorch":
         return get_backend("pytorch")
@@ -330,9 +329,9 @@ def adaptive_pgd(
     Parameters
     ----------
     model
-        The teacher (a torch module).
+        The teacher (a torch module or a tf.keras model).
     students
-        A torch student or a list of them (all differentiable).
+        A student or a list of them, in the teacher's framework (all differentiable).
     lam
         Weight of the score term (``lam=0``: plain PGD that picks, among its fooling iterates,
         the least suspicious).
@@ -352,7 +351,12 @@ def adaptive_pgd(
     if not student_list:
         raise ValueError("students must hold at least one distilled model, got none")
     for i, s in enumerate(student_list):
-        _gradient_backend(s, "adaptive", name=f"students[{i}]")
+        if _gradient_backend(s, "adaptive", name=f"students[{i}]") is not backend:
+            raise TypeError(
+                f"students[{i}] is a {framework_of(s)} model and the teacher a "
+                f"{framework_of(model)} one: the adaptive attack differentiates through both, "
+                "so they must be in the same framework"
+            )
     if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not math.isfinite(lam):
         raise TypeError(f"lam must be a finite number >= 0, got {describe(lam)}")
     if lam < 0:

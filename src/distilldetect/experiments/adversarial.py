@@ -258,13 +258,22 @@ def quick_adversarial_config(**overrides: Any) -> AdversarialConfig:
 
 
 # ============================================================================ preflight
-def _check_teacher_gradients(cfg: AdversarialConfig, teacher: Any) -> None:
+def _check_teacher_gradients(cfg: AdversarialConfig, teacher: Any, student: Any = None) -> None:
+    """The attacks asked for can differentiate through ``teacher`` (and, for the adaptive
+    attack, through the students it attacks: ``student``, the detector's own, None for the
+    torch student the study fits, and the defences' torch students)."""
     from ..backends import framework_of
 
     framework = framework_of(teacher)
-    if framework == "pytorch":
-        return
     needs = [a for a in cfg.attacks if a in attack_lib.GRADIENT_ATTACKS]
+    if framework == "callable":
+        if needs:
+            raise ValueError(
+                f"the teacher is a black-box callable: attacks {needs} need its gradients (a "
+                f"torch or tf.keras model); only {list(attack_lib.QUERY_ATTACKS)} work on it "
+                "(--attacks blackbox)"
+            )
+        return
     if framework == "tensorflow":
         needs = [a for a in needs if a not in attack_lib.TF_GRADIENT_ATTACKS]
         if needs:
@@ -273,12 +282,21 @@ def _check_teacher_gradients(cfg: AdversarialConfig, teacher: Any) -> None:
                 f"gradients; {list(attack_lib.TF_GRADIENT_ATTACKS)} and "
                 f"{list(attack_lib.QUERY_ATTACKS)} work on it"
             )
+    if "adaptive" not in cfg.attacks:
         return
-    if needs:
+    students = "pytorch" if student is None else framework_of(student)
+    defence_students = (cfg.n_students > 0) or ("robust" in cfg.defences)
+    if students != framework or (framework != "pytorch" and defence_students):
         raise ValueError(
-            f"the teacher is a black-box callable: attacks {needs} need its gradients (a "
-            f"torch model); only {list(attack_lib.QUERY_ATTACKS)} work on it (--attacks "
-            "blackbox)"
+            f"the adaptive attack differentiates through the teacher and the students together: "
+            f"the teacher is a {framework} model, so its students must be too (the detector's "
+            f"student is a {students} model"
+            + (
+                "; the defences' students are torch models: --students 0, no robust defence"
+                if framework != "pytorch" and defence_students
+                else ""
+            )
+            + ")"
         )
 
 
@@ -302,10 +320,12 @@ def preflight(cfg: AdversarialConfig, teacher: Any = None) -> None:
             f"n_eval ({cfg.n_eval}) is larger than the attack pool ({pool} = "
             f"{len(data.x_eval_u8)} evaluation images - {cfg.n_holdout} held out)"
         )
+    student = None
     if teacher is None and cfg.teacher_path is not None:
-        teacher = _load_given(Path(cfg.teacher_path))[0]
+        teacher, given = _load_given(Path(cfg.teacher_path))
+        student = None if given is None else given.distilled_model
     if teacher is not None:
-        _check_teacher_gradients(cfg, teacher)
+        _check_teacher_gradients(cfg, teacher, student)
     prepare_output_dir(cfg.out if cfg.out else default_out_dir(cfg.dataset))
 
 
@@ -581,7 +601,7 @@ def run(config: AdversarialConfig | None = None, **overrides: Any) -> dict[str, 
     data = stages.load_data(cfg.study_config())
     t = lap("data", t)
     models = _models(cfg, data)
-    _check_teacher_gradients(cfg, models.teacher)
+    _check_teacher_gradients(cfg, models.teacher, models.ad.distilled_model)
     teacher = models.teacher
     probs_eval = predict_batch(data.x_eval, teacher, batch_size=512)
     accuracy = float((probs_eval.argmax(1) == data.y_eval).mean())

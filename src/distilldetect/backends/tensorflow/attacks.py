@@ -1,10 +1,10 @@
-"""Gradient attacks on tf.keras classifiers: FGSM, PGD (L-inf / L2) and Carlini-Wagner L2, by
-``tf.GradientTape``.
+"""Gradient attacks on tf.keras classifiers: FGSM, PGD (L-inf / L2), Carlini-Wagner L2 and the
+adaptive PGD that also keeps distilled students in agreement, by ``tf.GradientTape``.
 
 Numpy in, numpy out, in batches; the model's weights are never changed (it runs with
 ``training=False`` and only the input is watched). The framework-free face, with the argument
 checks, is :mod:`distilldetect.attacks`; call that, not this module. The adaptive attack is
-written for torch models only (:mod:`distilldetect.backends.torch.attacks`).
+:func:`pgd` with Keras ``students`` (teacher and students in the same framework).
 
 The model returns probabilities; the attacks use ``log p`` as logits. The cross-entropy
 ``-log p_y`` and the margins ``log p_j - log p_y`` equal those of the logits themselves, so the
@@ -25,12 +25,13 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from .runtime import keras  # noqa: F401 - the examples' namespace
+from .runtime import distillation_loss, keras  # noqa: F401 - keras: the examples' namespace
 
 __all__ = ["pgd", "carlini_wagner_l2"]
 
@@ -69,12 +70,20 @@ def _margin(log_p: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return true, other
 
 
-def _objective(model: Any, x: tf.Tensor, y: tf.Tensor, kappa: float | None) -> tf.Tensor:
-    log_p = _log_probs(model, x)
-    true, other = _margin(log_p, y)
-    if kappa is None:
-        return -true  # cross-entropy of each row
-    return tf.minimum(other - true, kappa)  # the hinged margin
+def _student_score(
+    log_p_teacher: tf.Tensor,
+    students: Sequence[Any],
+    x: tf.Tensor,
+    temperature: float,
+    loss_type: str,
+    reduce: str,
+) -> tf.Tensor:
+    """The distillation score of each row (mean or max over the students), differentiable."""
+    p = tf.nn.softmax(log_p_teacher / temperature, axis=-1)  # = sharpen(p, T)
+    scores = tf.stack(
+        [distillation_loss(p, s(x, training=False), loss_type) for s in students], axis=0
+    )
+    return tf.reduce_mean(scores, 0) if reduce == "mean" else tf.reduce_max(scores, 0)
 
 
 def pgd(
@@ -91,17 +100,25 @@ def pgd(
     seed: int | None = 0,
     batch_size: int = 256,
     verbose: bool = True,
+    students: Sequence[Any] = (),
+    lam: float = 0.0,
+    temperature: float = 1.0,
+    loss_type: str = "kld",
+    reduce: str = "mean",
     kappa: float | None = None,
     desc: str = "PGD",
 ) -> np.ndarray:
-    """Projected gradient ascent of ``CE(model(x'), y)`` in the ``norm`` ball of radius ``eps``.
+    """Projected gradient ascent of ``CE(model(x'), y) - lam * score(x')`` in the eps ball.
 
     FGSM is ``steps=1, step_size=eps, random_start=False, norm='linf'``. With ``kappa`` the
-    objective is the hinged margin ``min(max_{j!=y} log p_j - log p_y, kappa)``.
+    first term is the hinged margin ``min(max_{j!=y} log p_j - log p_y, kappa)``. With
+    ``students`` (Keras models: the adaptive attack), each image keeps the iterate with the
+    lowest score among those that fool the model (the last iterate if none does).
     """
     from tqdm.auto import tqdm
 
     alpha = float(step_size) if step_size is not None else 2.5 * eps / steps
+    adaptive = len(students) > 0
     rng = np.random.default_rng(seed)
     out = np.empty_like(x)
     for start in tqdm(range(0, len(x), batch_size), desc=desc, disable=not verbose, leave=False):
@@ -113,11 +130,27 @@ def pgd(
             delta = tf.zeros_like(xb)
         if clip is not None:
             delta = tf.clip_by_value(xb + delta, clip[0], clip[1]) - xb
-        for _ in range(steps):
+        best = (xb + delta).numpy()
+        best_score = np.full(len(best), np.inf, np.float32)
+        for step in range(steps + (1 if adaptive else 0)):
             with tf.GradientTape() as tape:
                 tape.watch(delta)
-                objective = tf.reduce_sum(_objective(model, xb + delta, yb, kappa))
-            grad = tape.gradient(objective, delta)
+                xa = xb + delta
+                log_p = _log_probs(model, xa)
+                true, other = _margin(log_p, yb)
+                objective = -true if kappa is None else tf.minimum(other - true, kappa)
+                if adaptive:
+                    score = _student_score(log_p, students, xa, temperature, loss_type, reduce)
+                    objective = objective - lam * tf.cast(score, objective.dtype)
+                total = tf.reduce_sum(objective)
+            if adaptive:
+                fooled = (tf.argmax(log_p, axis=1) != yb).numpy()
+                better = fooled & (score.numpy() < best_score)
+                best_score = np.where(better, score.numpy(), best_score)
+                best[better] = xa.numpy()[better]
+                if step == steps:  # the last pass only evaluates the final iterate
+                    break
+            grad = tape.gradient(total, delta)
             if norm == "linf":
                 delta = delta + alpha * tf.sign(grad)
             else:
@@ -125,7 +158,12 @@ def pgd(
             delta = _project(delta, eps, norm)
             if clip is not None:
                 delta = tf.clip_by_value(xb + delta, clip[0], clip[1]) - xb
-        out[start : start + len(xb)] = (xb + delta).numpy().astype(x.dtype, copy=False)
+        final = (xb + delta).numpy()
+        if adaptive:
+            never = np.isinf(best_score)
+            best[never] = final[never]
+            final = best
+        out[start : start + len(xb)] = final.astype(x.dtype, copy=False)
     return out
 
 
