@@ -31,6 +31,7 @@ import torch
 from torch.nn import functional as F
 
 from distilldetect import attacks
+from distilldetect.backends.torch.runtime import distillation_loss
 from distilldetect.experiments import adversarial as adv
 from distilldetect.experiments import stages
 from distilldetect.metrics import auroc as _auroc
@@ -132,11 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             other = log_p.masked_fill(F.one_hot(yt, 10).bool(), float("-inf")).amax(1)
             margin = (other - true).clamp(max=2.0)
             sharp = torch.softmax(log_p / t, dim=-1)
-            q = student(xa).clamp(1e-7, 1.0)
-            if ad.loss_type == "kld":
-                score = (sharp.clamp(1e-7, 1.0) * (sharp.clamp(1e-7, 1.0).log() - q.log())).sum(1)
-            else:
-                score = -(sharp * q.log()).sum(1)
+            score = distillation_loss(sharp, student(xa), ad.loss_type)
             comb = (score - mu[0]) / sd[0] + (footprint(xa) - mu[1]) / sd[1]
             with torch.no_grad():
                 ok = (log_p.argmax(1) != yt) & (comb < best_score)

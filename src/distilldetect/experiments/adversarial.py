@@ -440,7 +440,6 @@ def _fit_students(
 
     ``augment_factory(student) -> augment_fn`` replaces the recipe's augmentation (the robust
     student's adversarial augmenter needs the student it trains)."""
-    from ..backends import get_backend
     from ..models import build_model
 
     rng = np.random.default_rng(cfg.seed + 4242)
@@ -455,8 +454,7 @@ def _fit_students(
     name, kwargs = models.student_spec
     students = []
     for seed in seeds:
-        get_backend("pytorch").manual_seed(seed)
-        student = build_model(name, **kwargs)
+        student = build_model(name, seed=seed, **kwargs)
         ad = ModelDistillation(
             distilled_model=student,
             model=models.teacher,

@@ -352,7 +352,6 @@ def check_teacher_fits(cfg: StudyConfig, data: StudyData) -> None:
 def get_teacher(cfg: StudyConfig, data: StudyData) -> Teacher:
     """Stage 2: the teacher — shipped (``pretrained``), given by ``teacher_path``, cached, or
     trained and cached."""
-    from ..backends import get_backend
     from ..models import build_model, train_classifier
     from . import _teacher_cache
 
@@ -369,8 +368,7 @@ def get_teacher(cfg: StudyConfig, data: StudyData) -> Teacher:
             model, how = _teacher_cache.load_teacher(directory), f"cached ({directory})"
         else:
             name, kwargs = cfg.teacher_spec(data.input_shape, data.num_classes)
-            get_backend("pytorch").manual_seed(cfg.seed)
-            model = build_model(name, **kwargs)
+            model = build_model(name, seed=cfg.seed, **kwargs)
             train_classifier(
                 model,
                 data.x_train,
@@ -403,7 +401,6 @@ class Detector:
 def fit_detector(cfg: StudyConfig, data: StudyData, teacher: Teacher) -> Detector:
     """Stage 3: build the student, distil it on the unlabelled training images, score the
     clean evaluation images (``pretrained``: the shipped student, already distilled)."""
-    from ..backends import get_backend
     from ..models import build_model
 
     if teacher.shipped is not None:
@@ -412,8 +409,7 @@ def fit_detector(cfg: StudyConfig, data: StudyData, teacher: Teacher) -> Detecto
         name = pretrained_info("fashion_mnist")["recipe"]["student"]["builder"]
         return _describe_detector(teacher.shipped, data, teacher, name)
     name, kwargs = cfg.student_spec(data.input_shape, data.num_classes)
-    get_backend("pytorch").manual_seed(cfg.seed + 1)
-    student = build_model(name, **kwargs)
+    student = build_model(name, seed=cfg.seed + 1, **kwargs)
     ad = ModelDistillation(
         distilled_model=student,
         model=teacher.model,
