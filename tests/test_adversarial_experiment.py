@@ -230,12 +230,61 @@ def test_keras_teacher_takes_the_gradient_attacks_and_adaptive_needs_keras_stude
     cfg = adv.quick_adversarial_config(attacks=["adaptive"], out=str(tmp_path / "o2"))
     with pytest.raises(ValueError, match="its students must be too"):
         adv.preflight(cfg, teacher=teacher)
-    # a saved detector with a Keras student: fine without the defences' torch students
+    # a saved detector with a Keras student: the defences' students are copies of it
     ad = ModelDistillation(distilled_model=dense(1), model=teacher)
     save_detector(ad, tmp_path / "det")
     given = adv.quick_adversarial_config(
         attacks=["adaptive"], teacher_path=str(tmp_path / "det"), out=str(tmp_path / "o3")
     )
-    with pytest.raises(ValueError, match="--students 0, no robust defence"):
-        adv.preflight(given)
+    adv.preflight(dataclasses.replace(given, defences=["ensemble", "robust"]))
     adv.preflight(dataclasses.replace(given, n_students=0, defences=[]))
+
+
+@needs_data
+def test_keras_detector_gets_the_ensemble_and_robust_defences_end_to_end(tmp_path, capsys):
+    """A saved detector with a Keras teacher and a Keras student: the adaptive attack and both
+    defences run on Keras students (fresh copies of the detector's), by tf.GradientTape."""
+    pytest.importorskip("tensorflow")
+    from distilldetect import ModelDistillation, save_detector
+    from distilldetect.backends.tensorflow.runtime import keras
+    from distilldetect.experiments.stages import to_model_input
+    from distilldetect.models import train_classifier
+
+    (x, y), _ = load_fashion_mnist(verbose=False, download_if_missing=False)
+    x, y = to_model_input(x[:6000]), y[:6000]  # the study's input scaling
+
+    def net(seed, width):
+        keras.utils.set_random_seed(seed)
+        return keras.Sequential(
+            [
+                keras.Input((28, 28)),
+                keras.layers.Flatten(),
+                keras.layers.Dense(width, activation="relu"),
+                keras.layers.Dense(10, activation="softmax"),
+            ]
+        )
+
+    teacher = net(0, 64)
+    train_classifier(teacher, x, y, epochs=2, seed=0, verbose=False)
+    ad = ModelDistillation(distilled_model=net(1, 32), model=teacher, loss_type="kld")
+    ad.fit(x, epochs=2, seed=0, verbose=False)
+    save_detector(ad, tmp_path / "det")
+    out = tmp_path / "adv"
+    argv = ["adversarial", "--quick", "-q", "--out", str(out), "--teacher", str(tmp_path / "det")]
+    argv += ["--attacks", "pgd,adaptive", "--students", "1", "--defence", "ensemble,robust"]
+    assert main(argv) == 0, capsys.readouterr().err
+    data = json.loads((out / "results.json").read_text())
+    assert data["config"]["detector"].startswith("saved detector")
+    assert data["teacher_accuracy"] > 0.75
+    arch = data["defence"]["students"]["architecture"]
+    assert arch["framework"] == "tensorflow" and "fresh copies" in arch["name"]
+    r = data["defence_robust"]
+    assert r["student"]["architecture"] == arch
+    assert data["attacks"]["pgd"][0]["attack_success_rate"] > 0.8
+    for e in [*data["adaptive"], *data["defence"]["white_box"], *r["white_box"]]:
+        assert set(e) == ADAPTIVE_KEYS and e["undetected_success_rate"] <= e["attack_success_rate"]
+    # the oblivious PGD images rescored by the robust Keras student and by the pair
+    same = data["attacks"]["pgd"][0]["attack_success_rate"]
+    assert r["attacks"]["pgd"][0]["attack_success_rate"] == same
+    assert r["pair"]["attacks"]["pgd"][0]["attack_success_rate"] == same
+    assert _rate(r["attacks"]["pgd"][0]["auroc"]["distillation"])

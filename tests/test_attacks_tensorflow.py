@@ -107,3 +107,56 @@ def test_adaptive_pgd_refuses_students_of_another_framework(twins):
         attacks.adaptive_pgd(k, net, x[:4], y[:4], 0.1, verbose=False)
     with pytest.raises(TypeError, match="same framework"):
         attacks.adaptive_pgd(net, k, x[:4], y[:4], 0.1, verbose=False)
+
+
+def test_adversarial_augment_on_keras_matches_the_torch_twin(twins):
+    """The robust student's augmenter on a Keras student: the same rows, random starts and
+    PGD steps as on its torch twin (same weights), within the ball and the clip."""
+    from distilldetect.augment import adversarial_augment
+
+    net, k, x, _ = twins
+    kwargs = {"eps": 0.15, "steps": 4, "p_adv": 0.5, "clip": (0.0, 1.0)}
+    ours = adversarial_augment(k, **kwargs)(x, np.random.default_rng(3))
+    theirs = adversarial_augment(net, **kwargs)(x, np.random.default_rng(3))
+    assert ours.shape == x.shape and ours.dtype == x.dtype
+    moved = np.abs(ours - x).reshape(len(x), -1).max(1) > 0
+    assert 0.3 < moved.mean() < 0.7 and np.array_equal(ours[~moved], x[~moved])
+    assert np.abs(ours - x).max() <= 0.15 + 1e-6 and ours.min() >= 0.0 and ours.max() <= 1.0
+    # the same signed steps: pixels differ only where a gradient is ~0 (sign ties)
+    assert np.mean(np.isclose(ours, theirs, atol=1e-5)) > 0.999
+    again = adversarial_augment(k, **kwargs)(x, np.random.default_rng(3))
+    assert np.array_equal(ours, again)
+
+
+def test_a_robust_keras_student_is_much_harder_to_move(twins, attack_digits):
+    """Trained with the augmenter, a Keras student's output moves far less under a PGD attack
+    on the student itself (the KL between its clean and attacked outputs) than the same
+    student's trained without it: same seed, data and epochs."""
+    from distilldetect import ModelDistillation
+    from distilldetect.augment import adversarial_augment
+
+    _, k, x, _ = twins
+    x_train = attack_digits[1]
+    moved = {}
+    for name, robust in (("plain", False), ("robust", True)):
+        keras.utils.set_random_seed(7)
+        student = keras.Sequential(
+            [
+                keras.Input((8, 8)),
+                keras.layers.Flatten(),
+                keras.layers.Dense(32, activation="relu"),
+                keras.layers.Dense(10, activation="softmax"),
+            ]
+        )
+        augment = adversarial_augment(student, eps=0.2, steps=5, p_adv=0.5) if robust else None
+        ad = ModelDistillation(distilled_model=student, model=k, loss_type="kld")
+        ad.fit(x_train, epochs=20, verbose=False, seed=0, augment_fn=augment)
+        x_att = adversarial_augment(student, eps=0.2, steps=10, p_adv=1.0)(
+            x, np.random.default_rng(0)
+        )
+        p, q = (np.clip(predict_batch(v, student), 1e-12, 1) for v in (x, x_att))
+        moved[name] = float((p * (np.log(p) - np.log(q))).sum(1).mean())
+        # it still distils the teacher on clean images
+        agree = (predict_batch(x, student).argmax(1) == predict_batch(x, k).argmax(1)).mean()
+        assert agree > 0.85, (name, agree)
+    assert moved["robust"] < 0.5 * moved["plain"], moved

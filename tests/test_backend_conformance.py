@@ -228,3 +228,63 @@ def test_train_classifier_restores_modes_and_learns(backend, framework, digits):
     history = backend.train_classifier(model, X, y, epochs=3, seed=0, verbose=False)
     assert len(history) == 3 and history[-1] < history[0]
     assert modes(model, framework) == before
+
+
+def _plain(framework):
+    """A model the zoo does not know (no ``builder_config``): the copy path, not the rebuild."""
+    if framework == "pytorch":
+        import torch
+
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(64, 12), torch.nn.BatchNorm1d(12),
+            torch.nn.ReLU(), torch.nn.Linear(12, 10), torch.nn.Softmax(-1),
+        )  # fmt: skip
+    from distilldetect.backends.tensorflow.runtime import keras
+
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((8, 8)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(12, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+
+
+@pytest.mark.parametrize("kind", ["zoo", "plain"])
+def test_fresh_copy_draws_new_weights_from_the_seed(backend, framework, kind, digits):
+    from distilldetect.utils import predict_batch
+
+    model = make(framework, 0) if kind == "zoo" else _plain(framework)
+    before = weights(model, framework)
+    a, b, c = (backend.fresh_copy(model, s) for s in (3, 3, 4))
+    assert a is not model and backend.is_model(a)
+    assert [w.shape for w in weights(a, framework)] == [w.shape for w in before]
+    assert all(
+        np.array_equal(u, v)
+        for u, v in zip(weights(a, framework), weights(b, framework), strict=True)
+    )
+    assert not np.array_equal(weights(a, framework)[0], weights(c, framework)[0])
+    assert not np.array_equal(weights(a, framework)[0], before[0])
+    assert all(np.array_equal(u, v) for u, v in zip(weights(model, framework), before, strict=True))
+    assert predict_batch(digits[2][:5], a).shape == (5, 10)
+    if kind == "zoo":
+        assert a.builder_config == model.builder_config
+
+
+def test_fresh_copy_refuses_weights_it_cannot_draw():
+    torch = pytest.importorskip("torch")
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(64, 10)
+            self.scale = torch.nn.Parameter(torch.ones(10))
+
+        def forward(self, x):
+            return torch.softmax(self.lin(x.flatten(1)) * self.scale, -1)
+
+    with pytest.raises(ValueError, match=r"parameter\(s\) \['scale'\] belong to no sub-module"):
+        get_backend("pytorch").fresh_copy(Scaled(), 0)

@@ -284,8 +284,8 @@ def adversarial_augment(
     Parameters
     ----------
     student
-        The distilled model being trained (a ``torch.nn.Module`` returning probabilities);
-        the attack uses its current weights at every batch.
+        The distilled model being trained (a ``torch.nn.Module`` or a tf.keras model returning
+        probabilities); the attack uses its current weights at every batch.
     eps
         L-inf budget in the model's input space (> 0).
     steps

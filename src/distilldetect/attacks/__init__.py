@@ -66,7 +66,7 @@ __all__ = [
 ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "cw", "blackbox", "adaptive")
 #: The attacks that need the teacher's gradients (a torch or tf.keras model).
 GRADIENT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "cw", "adaptive")
-#: The gradient attacks written for tf.keras models too.
+#: The gradient attacks written for tf.keras models too (all of them).
 TF_GRADIENT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "cw", "adaptive")
 #: The attacks that only query the teacher's predictions.
 QUERY_ATTACKS: tuple[str, ...] = ("blackbox",)
@@ -101,10 +101,8 @@ def _gradient_backend(model: Any, attack: str, name: str = "model") -> Any:
     """The backend with gradients for ``model`` and ``attack``; TypeError naming the attacks
     that would work if it has none (a callable) or lacks this one."""
     framework = framework_of(model)
-    if framework == "pytorch":
-        return get_backend("pytorch")
-    if framework == "tensorflow" and attack in TF_GRADIENT_ATTACKS:
-        return get_backend("tensorflow")
+    if framework in ("pytorch", "tensorflow"):
+        return get_backend(framework)
     if framework == "callable":
         raise TypeError(
             f"{attack} needs the gradients of {name}, but {name} is a black-box callable; "
@@ -112,9 +110,9 @@ def _gradient_backend(model: Any, attack: str, name: str = "model") -> Any:
             f"query-only attacks {list(QUERY_ATTACKS)} (simba, square) work on any callable"
         )
     raise TypeError(
-        f"{attack} needs the gradients of a torch model here (got a {framework} {name}); "
-        f"for a tf.keras model use {list(TF_GRADIENT_ATTACKS)} or the query-only attacks "
-        f"{list(QUERY_ATTACKS)}"
+        f"{attack} needs the gradients of {name}, a torch.nn.Module or a tf.keras model "
+        f"(got a {framework} {name}); the query-only attacks {list(QUERY_ATTACKS)} work on any "
+        "callable"
     )
 
 

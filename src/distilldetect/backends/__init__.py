@@ -116,6 +116,11 @@ class Backend(Protocol):
         """A model of the zoo (:data:`distilldetect.models.MODEL_NAMES`)."""
         ...
 
+    def fresh_copy(self, model: Any, seed: int) -> Any:
+        """A new model of ``model``'s architecture with weights drawn afresh from ``seed``
+        (``model`` untouched); ``ValueError`` if the architecture cannot be copied."""
+        ...
+
     def save_model(self, model: Any, directory: Any, name: str) -> dict[str, Any]:
         """Write the model's files into ``directory``; return its JSON entry."""
         ...

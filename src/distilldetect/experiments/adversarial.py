@@ -261,7 +261,8 @@ def quick_adversarial_config(**overrides: Any) -> AdversarialConfig:
 def _check_teacher_gradients(cfg: AdversarialConfig, teacher: Any, student: Any = None) -> None:
     """The attacks asked for can differentiate through ``teacher`` (and, for the adaptive
     attack, through the students it attacks: ``student``, the detector's own, None for the
-    torch student the study fits, and the defences' torch students)."""
+    torch student the study fits; the defences' students are of its architecture and
+    framework)."""
     from ..backends import framework_of
 
     framework = framework_of(teacher)
@@ -274,29 +275,14 @@ def _check_teacher_gradients(cfg: AdversarialConfig, teacher: Any, student: Any 
                 "(--attacks blackbox)"
             )
         return
-    if framework == "tensorflow":
-        needs = [a for a in needs if a not in attack_lib.TF_GRADIENT_ATTACKS]
-        if needs:
-            raise ValueError(
-                f"the teacher is a tensorflow model: attacks {needs} need a torch model's "
-                f"gradients; {list(attack_lib.TF_GRADIENT_ATTACKS)} and "
-                f"{list(attack_lib.QUERY_ATTACKS)} work on it"
-            )
     if "adaptive" not in cfg.attacks:
         return
     students = "pytorch" if student is None else framework_of(student)
-    defence_students = (cfg.n_students > 0) or ("robust" in cfg.defences)
-    if students != framework or (framework != "pytorch" and defence_students):
+    if students != framework:
         raise ValueError(
             f"the adaptive attack differentiates through the teacher and the students together: "
             f"the teacher is a {framework} model, so its students must be too (the detector's "
-            f"student is a {students} model"
-            + (
-                "; the defences' students are torch models: --students 0, no robust defence"
-                if framework != "pytorch" and defence_students
-                else ""
-            )
-            + ")"
+            f"student is a {students} model; the defences' students are copies of it)"
         )
 
 
@@ -344,8 +330,9 @@ def _load_given(path: Path) -> tuple[Any, ModelDistillation | None]:
     return stages._load_teacher_folder(path), None
 
 
-def _saved_student_spec(path: Path, scfg: StudyConfig) -> tuple[str, dict[str, Any]]:
-    """The zoo builder and arguments of a saved detector's student (the study's if unknown)."""
+def _saved_student_spec(path: Path) -> tuple[str, dict[str, Any]] | None:
+    """The zoo builder and arguments of a saved detector's student (None if not a zoo model:
+    the defences' students are then fresh copies of the detector's own)."""
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         entry = config["detector"]["config"]["distilled_model"]["$model"]["entry"]
@@ -354,7 +341,7 @@ def _saved_student_spec(path: Path, scfg: StudyConfig) -> tuple[str, dict[str, A
             return str(arch["builder"]), dict(arch["kwargs"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    return scfg.student_spec()
+    return None
 
 
 def _uses_pretrained(cfg: AdversarialConfig) -> bool:
@@ -372,8 +359,35 @@ class _Models:
     teacher: Any
     ad: ModelDistillation
     how: str
-    student_spec: tuple[str, dict[str, Any]]
+    #: zoo builder and arguments of the detector's student; None: not a zoo model
+    student_spec: tuple[str, dict[str, Any]] | None
     augment: str | None
+
+    def new_student(self, seed: int) -> Any:
+        """A student of the detector's architecture and framework, weights drawn from ``seed``:
+        a torch zoo model is built by name, any other model is a fresh copy of the detector's
+        student (its backend's ``fresh_copy``)."""
+        from ..backends import framework_of, get_backend
+        from ..models import build_model
+
+        framework = framework_of(self.ad.distilled_model)
+        if framework == "pytorch" and self.student_spec is not None:
+            name, kwargs = self.student_spec
+            return build_model(name, seed=seed, **kwargs)
+        return get_backend(framework).fresh_copy(self.ad.distilled_model, seed)
+
+    def architecture(self) -> dict[str, Any]:
+        """The students' architecture as JSON data (``results.json``)."""
+        if self.student_spec is not None:
+            return {"name": self.student_spec[0], "kwargs": self.student_spec[1]}
+        from ..backends import framework_of
+
+        student = self.ad.distilled_model
+        return {
+            "name": f"fresh copies of the detector's student ({type(student).__name__})",
+            "framework": framework_of(student),
+            "kwargs": {},
+        }
 
 
 def _models(cfg: AdversarialConfig, data: stages.StudyData, probs_eval: Any = None) -> _Models:
@@ -383,7 +397,7 @@ def _models(cfg: AdversarialConfig, data: stages.StudyData, probs_eval: Any = No
 
         ad = pretrained("fashion_mnist")
         recipe = pretrained_info("fashion_mnist")["recipe"]["student"]
-        spec = _saved_student_spec(pretrained_path("fashion_mnist"), scfg)
+        spec = _saved_student_spec(pretrained_path("fashion_mnist"))
         if cfg.loss_type in (None, ad.loss_type) and cfg.temperature in (None, ad.temperature):
             return _Models(
                 ad.model,
@@ -414,7 +428,7 @@ def _models(cfg: AdversarialConfig, data: stages.StudyData, probs_eval: Any = No
         same_loss = cfg.loss_type in (None, getattr(ad, "loss_type", None))
         same_t = cfg.temperature in (None, getattr(ad, "temperature", None))
         if ad is not None and same_loss and same_t:
-            spec = _saved_student_spec(Path(cfg.teacher_path), scfg)
+            spec = _saved_student_spec(Path(cfg.teacher_path))
             return _Models(teacher, ad, f"saved detector {cfg.teacher_path}", spec, scfg.augment)
         probs = predict_batch(data.x_eval, teacher, batch_size=512)
         t = stages.Teacher(teacher, f"loaded from {cfg.teacher_path}", probs, float("nan"))
@@ -440,8 +454,6 @@ def _fit_students(
 
     ``augment_factory(student) -> augment_fn`` replaces the recipe's augmentation (the robust
     student's adversarial augmenter needs the student it trains)."""
-    from ..models import build_model
-
     rng = np.random.default_rng(cfg.seed + 4242)
     n = min(n_train or cfg.ensemble_n_train, len(data.x_train))
     x_fit = data.x_train[np.sort(rng.choice(len(data.x_train), n, replace=False))]
@@ -451,10 +463,9 @@ def _fit_students(
         from ..augment import make_augment_fn
 
         augment_fn = make_augment_fn(models.augment, level=0.5)
-    name, kwargs = models.student_spec
     students = []
     for seed in seeds:
-        student = build_model(name, seed=seed, **kwargs)
+        student = models.new_student(seed)
         ad = ModelDistillation(
             distilled_model=student,
             model=models.teacher,
@@ -707,7 +718,7 @@ def run(config: AdversarialConfig | None = None, **overrides: Any) -> dict[str, 
             "detector": models.how,
             "detector_loss_type": models.ad.loss_type,
             "detector_temperature": models.ad.temperature,
-            "student": {"name": models.student_spec[0], "kwargs": models.student_spec[1]},
+            "student": models.architecture(),
             "eval_split": data.split,
             "n_attacked": int(len(rows)),
             "thresholds": thresholds,
@@ -837,7 +848,7 @@ def _defence(
         "n_surrogates": cfg.n_surrogates,
         "reduce": cfg.ensemble_reduce,
         "students": {
-            "architecture": {"name": models.student_spec[0], "kwargs": models.student_spec[1]},
+            "architecture": models.architecture(),
             "n_train": int(min(cfg.ensemble_n_train, len(data.x_train))),
             "epochs": cfg.ensemble_epochs,
             "augment": models.augment,
@@ -908,7 +919,7 @@ def _robust_defence(
     return {
         "eps": eps,
         "student": {
-            "architecture": {"name": models.student_spec[0], "kwargs": models.student_spec[1]},
+            "architecture": models.architecture(),
             "n_train": int(min(cfg.ensemble_n_train, len(data.x_train))),
             "epochs": epochs,
             "train_eps": train_eps,

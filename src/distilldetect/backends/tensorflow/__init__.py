@@ -5,14 +5,16 @@
 * :mod:`.models` — the model zoo in Keras, twins of the torch zoo;
 * :mod:`.io` — ``.keras`` files loaded with ``safe_mode=True``, legacy ``.h5`` files checked for
   code before Keras reads them (:func:`load_h5`), never pickle;
-* :mod:`.attacks` — FGSM, PGD and Carlini-Wagner L2 by ``tf.GradientTape``.
+* :mod:`.attacks` — FGSM, PGD and Carlini-Wagner L2 by ``tf.GradientTape``;
+* :mod:`.robust` — adversarial (TRADES-style) augmentation of a student's training batches.
 """
 
 from __future__ import annotations
 
-from . import attacks
+from . import attacks, robust
 from .io import load_h5, load_keras_file, load_model, save_model
 from .models import build as build_model
+from .models import fresh_copy
 from .runtime import (
     Trainer,
     distillation_loss,
@@ -35,6 +37,7 @@ __all__ = [
     "Trainer",
     "build_model",
     "distillation_loss",
+    "fresh_copy",
     "inference",
     "is_model",
     "load_keras_file",
@@ -45,6 +48,7 @@ __all__ = [
     "n_trainable_parameters",
     "preserve_modes",
     "reseed_random_layers",
+    "robust",
     "save_model",
     "seal",
     "train_classifier",

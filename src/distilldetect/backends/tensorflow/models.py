@@ -307,3 +307,40 @@ def build(name: str, **kwargs: Any) -> keras.Model:
     """
     check_builder_args(name, kwargs)
     return BUILDERS[name](**kwargs)
+
+
+def fresh_copy(model: Any, seed: int) -> Any:
+    """A new model of ``model``'s architecture with weights drawn afresh from ``seed``.
+
+    A zoo model is rebuilt from its ``builder_config``; any other model is cloned by Keras'
+    ``clone_model`` (new layers, new weights from their initializers) after
+    ``keras.utils.set_random_seed(seed)``. ``model`` is not touched.
+
+    Raises
+    ------
+    ValueError
+        If Keras cannot clone the model (a subclassed model without ``get_config``, say).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> net = keras.Sequential([keras.Input((4,)), layers.Dense(3)])
+    >>> a, b = fresh_copy(net, 0), fresh_copy(net, 0)
+    >>> bool(np.array_equal(a.get_weights()[0], b.get_weights()[0]))
+    True
+    >>> bool(np.array_equal(a.get_weights()[0], net.get_weights()[0]))
+    False
+    """
+    from .runtime import _keras_module
+
+    config = getattr(model, "builder_config", None)
+    keras.utils.set_random_seed(int(seed))
+    if isinstance(config, dict) and config.get("name") in BUILDERS:
+        return build(config["name"], **dict(config.get("kwargs", {})))
+    try:
+        return _keras_module(model).models.clone_model(model)
+    except Exception as err:  # noqa: BLE001 - Keras raises many types here
+        raise ValueError(
+            f"cannot copy the architecture of {type(model).__name__} ({type(err).__name__}: "
+            f"{err}); build the students with your own code instead"
+        ) from err

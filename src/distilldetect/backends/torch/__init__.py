@@ -14,6 +14,7 @@ from __future__ import annotations
 from . import attacks, robust
 from .io import load_model, load_weights_file, save_model
 from .models import build as build_model
+from .models import fresh_copy
 from .runtime import (
     Trainer,
     distillation_loss,
@@ -38,6 +39,7 @@ __all__ = [
     "Trainer",
     "build_model",
     "distillation_loss",
+    "fresh_copy",
     "inference",
     "is_model",
     "load_model",

@@ -243,3 +243,46 @@ def build(name: str, **kwargs: Any) -> nn.Module:
     """
     check_builder_args(name, kwargs)
     return BUILDERS[name](**kwargs)
+
+
+def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
+    """A new model of ``model``'s architecture with weights drawn afresh from ``seed``.
+
+    A zoo model is rebuilt from its ``builder_config``; any other module is deep-copied and
+    every sub-module's ``reset_parameters()`` (torch's own initialisation, batch-norm running
+    statistics included) runs under ``torch.manual_seed(seed)``. ``model`` is not touched.
+
+    Raises
+    ------
+    ValueError
+        If a parameter belongs to no sub-module with ``reset_parameters()`` (its initial
+        values would be copied, not drawn): the message names it.
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    >>> a, b = fresh_copy(net, 0), fresh_copy(net, 0)
+    >>> bool(torch.equal(a[0].weight, b[0].weight)), bool(torch.equal(a[0].weight, net[0].weight))
+    (True, False)
+    """
+    import copy
+
+    config = getattr(model, "builder_config", None)
+    torch.manual_seed(int(seed))
+    if isinstance(config, dict) and config.get("name") in BUILDERS:
+        return build(config["name"], **dict(config.get("kwargs", {})))
+    twin = copy.deepcopy(model)
+    drawn: set[int] = set()
+    for module in twin.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+            drawn.update(id(p) for p in module.parameters(recurse=False))
+    missed = [name for name, p in twin.named_parameters() if id(p) not in drawn]
+    if missed:
+        raise ValueError(
+            f"cannot draw new weights for a {type(model).__name__}: parameter(s) "
+            f"{missed[:3]} belong to no sub-module with reset_parameters(); build the students "
+            "with your own code instead"
+        )
+    return twin
