@@ -71,6 +71,9 @@ __all__ = [
     "run_in_blocks",
     "seal",
     "FastForward",
+    "FusedChunks",
+    "ONEDNN_FUSION",
+    "FUSED_ROWS",
     "parallel_gradients",
 ]
 
@@ -591,16 +594,137 @@ def frozen(
         return entry.module if scripted is None else scripted
 
 
+def _trace_frozen(source: nn.Module, x: torch.Tensor) -> Any:
+    """``source`` traced on two rows of ``x`` and frozen (TorchScript)."""
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape-dependent padding
+        example = x[:2].clone()
+        return torch.jit.freeze(torch.jit.trace(source, example, check_trace=False))
+
+
 def _script(source: nn.Module, x: torch.Tensor) -> Any:
-    """Traced, frozen and inference-optimised TorchScript of ``source`` (None if that fails)."""
+    """Traced, frozen and inference-optimised TorchScript of ``source`` (None if that fails),
+    run in oneDNN-Graph-fused chunks where that is available (:class:`FusedChunks`).
+
+    If the process has switched oneDNN Graph on itself (``torch.jit.enable_onednn_fusion``),
+    the frozen trace is returned as it is, for torch to fuse: oneDNN Graph cannot run a graph
+    that ``optimize_for_inference`` has already converted."""
     try:
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about shape-dependent padding
-            example = x[:2].clone()
-            traced = torch.jit.trace(source, example, check_trace=False)
-            return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+        traced = _trace_frozen(source, x)
+        if torch.jit.onednn_fusion_enabled():
+            return traced
+        plain = torch.jit.optimize_for_inference(traced)
+        _warm(plain, _rows_like(x, min(len(x), 2)))  # optimised now, with the fusion off
     except Exception:  # noqa: BLE001 - any failure: keep the eager folded copy
         return None
+    if not ONEDNN_FUSION or x.dtype != torch.float32:
+        return plain
+    return FusedChunks(source, plain, x)
+
+
+#: Whether :func:`_script` runs float32 TorchScript copies through oneDNN Graph
+#: (``torch.jit.enable_onednn_fusion``) in fixed-size chunks. Measured on the benchmark's
+#: ResNet-20 (one thread, AMD EPYC with AVX-512): 1 200-1 250 rows/s against 930-1 050 for
+#: ``optimize_for_inference`` alone; the student 6 100-7 600 against 2 100-5 900.
+ONEDNN_FUSION: bool = True
+#: The chunk sizes of the fused graphs, largest first: oneDNN Graph compiles kernels for fixed
+#: shapes, so a block of rows runs as chunks of these sizes and its remainder (fewer rows than
+#: the smallest) through the plain ``optimize_for_inference`` graph.
+FUSED_ROWS: tuple[int, ...] = (32, 16, 8)
+_FUSION_LOCK = threading.Lock()
+
+
+def _rows_like(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``rows`` rows of ``x`` (its first rows, repeated if it has fewer), a normal tensor."""
+    with torch.inference_mode(False):
+        reps = -(-rows // len(x))
+        return x.repeat(reps, *([1] * (x.dim() - 1)))[:rows].clone()
+
+
+def _warm(graph: Any, example: torch.Tensor) -> Any:
+    """Run ``graph`` until TorchScript's profiling executor has optimised it; its output."""
+    with torch.inference_mode():
+        for _ in range(3):  # profiling run(s), then the optimised one
+            out = graph(example)
+    return out
+
+
+def _close(got: Any, expected: Any) -> bool:
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+            return False
+        scale = float(expected.abs().max()) if expected.numel() else 0.0
+        return bool(torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * max(1.0, scale)))
+    if isinstance(expected, (tuple, list)):
+        return (
+            isinstance(got, (tuple, list))
+            and len(got) == len(expected)
+            and all(_close(g, e) for g, e in zip(got, expected, strict=True))
+        )
+    return False
+
+
+class FusedChunks:
+    """A float32 TorchScript copy run in fixed-size chunks through oneDNN Graph.
+
+    oneDNN Graph (``torch.jit.enable_onednn_fusion``) fuses convolutions with their adds and
+    activations into kernels compiled for the input's exact shape. Each chunk size of
+    :data:`FUSED_ROWS` gets its own frozen trace, compiled when this object is built (rows
+    like ``x``'s) and checked against ``plain`` on the same rows (outputs within
+    ``rtol=1e-4``): a graph that cannot be built or disagrees is never used. Rows left over
+    run through ``plain``, an already optimised graph. Needs a model whose eval forward
+    treats rows independently, as every model on this path does.
+
+    torch's fusion switch is global: it is on only while the chunk graphs compile, under a
+    lock, and restored after; compiled graphs keep their kernels. (TorchScript that another
+    thread optimises in that window — its second call — is fused too; numerically the same.)
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten()).eval()
+    >>> x = torch.rand(10, 3, 6, 6)
+    >>> plain = torch.jit.optimize_for_inference(_trace_frozen(net, x))
+    >>> with torch.inference_mode():
+    ...     out = FusedChunks(net, plain, x)(x)
+    >>> bool(torch.allclose(out, net(x), atol=1e-6))
+    True
+    """
+
+    def __init__(self, source: nn.Module, plain: Any, x: torch.Tensor) -> None:
+        self.plain = plain
+        self.graphs: dict[int, Any] = {}
+        with _FUSION_LOCK:
+            for rows in FUSED_ROWS:
+                self.graphs[rows] = self._build(source, _rows_like(x, rows))
+
+    def _build(self, source: nn.Module, example: torch.Tensor) -> Any:
+        """The fused graph for ``len(example)`` rows, or None (then the plain graph runs)."""
+        before = torch.jit.onednn_fusion_enabled()
+        try:
+            torch.jit.enable_onednn_fusion(True)
+            try:
+                graph = _trace_frozen(source, example)
+                out = _warm(graph, example)
+            finally:
+                torch.jit.enable_onednn_fusion(before)
+            with torch.inference_mode():
+                expected = self.plain(example)
+            return graph if _close(out, expected) else None
+        except Exception:  # noqa: BLE001 - no oneDNN Graph for this model: the plain graph
+            return None
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        x = x.contiguous()  # the fused kernels were compiled for contiguous rows
+        outs: list[Any] = []
+        start, n = 0, len(x)
+        for rows in FUSED_ROWS:
+            graph = self.graphs.get(rows)
+            while graph is not None and n - start >= rows:
+                outs.append(graph(x[start : start + rows]))
+                start += rows
+        if start < n or not outs:
+            outs.append(self.plain(x[start:]))
+        return outs[0] if len(outs) == 1 else _concat(outs)
 
 
 def _has_batchnorm(model: nn.Module) -> bool:

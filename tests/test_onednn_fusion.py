@@ -1,0 +1,147 @@
+"""The oneDNN-Graph-fused TorchScript chunks of the fast path (``fast.FusedChunks``)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+from distilldetect.backends.torch import fast  # noqa: E402
+
+
+class _Block(nn.Module):
+    """conv -> relu -> conv, plus the input: the conv + add + relu pattern oneDNN Graph fuses."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(c, c, 3, padding=1)
+        self.b = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.b(F.relu(self.a(x))) + x)
+
+
+def _net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), _Block(8), _Block(8),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5), nn.Softmax(-1),
+    ).eval()  # fmt: skip
+
+
+def _plain(net: nn.Module, x: torch.Tensor):
+    return torch.jit.optimize_for_inference(fast._trace_frozen(net, x))
+
+
+def _chunks(net: nn.Module, x: torch.Tensor) -> fast.FusedChunks:
+    return fast.FusedChunks(net, _plain(net, x), x)
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 31, 32, 57, 100])
+def test_fused_chunks_equal_the_model_for_every_batch_size(n):
+    net = _net()
+    x = torch.rand(n, 3, 12, 12)
+    runner = _chunks(net, x)
+    with torch.inference_mode():
+        got, expected = runner(x), net(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # every chunk size was built: this torch has oneDNN Graph
+    assert sorted(runner.graphs, reverse=True) == list(fast.FUSED_ROWS)
+    assert all(runner.graphs[rows] is not None for rows in fast.FUSED_ROWS)
+
+
+def test_the_global_fusion_switch_is_restored_and_the_users_switch_respected():
+    net, x = _net(), torch.rand(40, 3, 12, 12)
+    old = torch.jit.onednn_fusion_enabled()
+    try:
+        torch.jit.enable_onednn_fusion(False)
+        runner = fast._script(net, x)
+        assert isinstance(runner, fast.FusedChunks)
+        assert torch.jit.onednn_fusion_enabled() is False
+        # switched on by the process itself: the frozen trace, for torch to fuse (an
+        # optimize_for_inference graph would fail inside oneDNN Graph)
+        torch.jit.enable_onednn_fusion(True)
+        traced = fast._script(_net(1), x)
+        assert not isinstance(traced, fast.FusedChunks)
+        with torch.inference_mode():
+            for _ in range(3):
+                torch.testing.assert_close(traced(x), _net(1)(x), rtol=1e-5, atol=1e-6)
+            # the fused chunks built before keep working with the switch on
+            torch.testing.assert_close(runner(x), net(x), rtol=1e-5, atol=1e-6)
+        assert torch.jit.onednn_fusion_enabled() is True
+    finally:
+        torch.jit.enable_onednn_fusion(old)
+
+
+def test_a_fused_graph_that_disagrees_is_never_used(monkeypatch):
+    net, other, x = _net(0), _net(1), torch.rand(40, 3, 12, 12)
+    plain = _plain(net, x)
+    real = fast._trace_frozen
+    monkeypatch.setattr(fast, "_trace_frozen", lambda source, xb: real(other, xb))
+    runner = fast.FusedChunks(net, plain, x)
+    assert set(runner.graphs) == set(fast.FUSED_ROWS)
+    assert all(g is None for g in runner.graphs.values())
+    with torch.inference_mode():
+        torch.testing.assert_close(runner(x), net(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_graph_that_cannot_be_built_falls_back_to_the_plain_one(monkeypatch):
+    net, x = _net(), torch.rand(40, 3, 12, 12)
+    plain = _plain(net, x)
+
+    def broken(source, xb):
+        raise RuntimeError("no oneDNN Graph here")
+
+    monkeypatch.setattr(fast, "_trace_frozen", broken)
+    runner = fast.FusedChunks(net, plain, x)
+    assert all(g is None for g in runner.graphs.values())
+    with torch.inference_mode():
+        torch.testing.assert_close(runner(x), net(x), rtol=1e-5, atol=1e-6)
+    assert torch.jit.onednn_fusion_enabled() is False
+
+
+def test_concurrent_calls_agree_with_the_model():
+    net, x = _net(), torch.rand(77, 3, 12, 12)
+    runner = _chunks(net, x[:3])  # built from fewer rows than a chunk: rows repeated
+    assert all(runner.graphs[rows] is not None for rows in fast.FUSED_ROWS)
+    outs: list = [None] * 4
+    barrier = threading.Barrier(4)
+
+    def work(i: int) -> None:
+        barrier.wait()
+        with torch.inference_mode():
+            for _ in range(3):
+                outs[i] = runner(x).numpy()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for out in outs:
+        np.testing.assert_array_equal(out, outs[0])
+    with torch.inference_mode():
+        np.testing.assert_allclose(outs[0], net(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_fast_path_uses_fused_chunks_for_an_opted_in_model():
+    """``optimize=True`` scripts the model at the first batch: float32 gets the fused chunks,
+    and the switch off (``ONEDNN_FUSION = False``) gives the plain graph."""
+    net, x = _net(), torch.rand(48, 3, 12, 12)
+    with torch.inference_mode():
+        assert isinstance(fast.frozen(net, x, optimize=True), fast.FusedChunks)
+    other = _net(2)
+    try:
+        fast.ONEDNN_FUSION = False
+        with torch.inference_mode():
+            scripted = fast.frozen(other, x, optimize=True)
+    finally:
+        fast.ONEDNN_FUSION = True
+    assert isinstance(scripted, torch.jit.ScriptModule)
