@@ -40,7 +40,16 @@ def _plain(net: nn.Module, x: torch.Tensor):
 
 
 def _chunks(net: nn.Module, x: torch.Tensor) -> fast.FusedChunks:
-    return fast.FusedChunks(net, _plain(net, x), x)
+    """Chunks whose fused graphs are compiled now, from rows like ``x``'s."""
+    runner = fast.FusedChunks(net, _plain(net, x))
+    runner.build(x)
+    return runner
+
+
+@pytest.fixture(autouse=True)
+def _fresh_budget(monkeypatch):
+    """Each test starts with the whole per-process budget of fused models."""
+    monkeypatch.setattr(fast, "_FUSED_MODELS", 0)
 
 
 @pytest.mark.parametrize("n", [1, 7, 8, 31, 32, 57, 100])
@@ -64,7 +73,8 @@ def test_the_global_fusion_switch_is_restored_and_the_users_switch_respected():
         torch.jit.enable_onednn_fusion(False)
         runner = fast._script(net, x)
         assert isinstance(runner, fast.FusedChunks)
-        assert torch.jit.onednn_fusion_enabled() is False
+        runner.build(x)
+        assert runner.graphs and torch.jit.onednn_fusion_enabled() is False
         # switched on by the process itself: the frozen trace, for torch to fuse (an
         # optimize_for_inference graph would fail inside oneDNN Graph)
         torch.jit.enable_onednn_fusion(True)
@@ -85,7 +95,8 @@ def test_a_fused_graph_that_disagrees_is_never_used(monkeypatch):
     plain = _plain(net, x)
     real = fast._trace_frozen
     monkeypatch.setattr(fast, "_trace_frozen", lambda source, xb: real(other, xb))
-    runner = fast.FusedChunks(net, plain, x)
+    runner = fast.FusedChunks(net, plain)
+    runner.build(x)
     assert set(runner.graphs) == set(fast.FUSED_ROWS)
     assert all(g is None for g in runner.graphs.values())
     with torch.inference_mode():
@@ -100,7 +111,8 @@ def test_a_graph_that_cannot_be_built_falls_back_to_the_plain_one(monkeypatch):
         raise RuntimeError("no oneDNN Graph here")
 
     monkeypatch.setattr(fast, "_trace_frozen", broken)
-    runner = fast.FusedChunks(net, plain, x)
+    runner = fast.FusedChunks(net, plain)
+    runner.build(x)
     assert all(g is None for g in runner.graphs.values())
     with torch.inference_mode():
         torch.testing.assert_close(runner(x), net(x), rtol=1e-5, atol=1e-6)
@@ -145,3 +157,27 @@ def test_the_fast_path_uses_fused_chunks_for_an_opted_in_model():
     finally:
         fast.ONEDNN_FUSION = True
     assert isinstance(scripted, torch.jit.ScriptModule)
+
+
+def test_fused_graphs_wait_for_enough_rows():
+    """Compiled once FUSE_AFTER_ROWS rows have run (counting those before), not for a few."""
+    net, x = _net(), torch.rand(40, 3, 12, 12)
+    runner = fast.FusedChunks(net, _plain(net, x), rows=fast.FUSE_AFTER_ROWS - 80)
+    with torch.inference_mode():
+        runner(x)
+        assert runner.graphs is None and runner.rows == fast.FUSE_AFTER_ROWS - 40
+        runner(x[:4])  # fewer rows than a chunk: counted, nothing compiled for them
+        assert runner.graphs is None
+        out = runner(x)
+    assert runner.graphs is not None and all(g is not None for g in runner.graphs.values())
+    torch.testing.assert_close(out, net(x), rtol=1e-5, atol=1e-6)
+
+
+def test_at_most_max_fused_models_per_process(monkeypatch):
+    monkeypatch.setattr(fast, "MAX_FUSED_MODELS", 2)
+    x = torch.rand(40, 3, 12, 12)
+    runners = [_chunks(_net(i), x) for i in range(3)]
+    assert [bool(r.graphs) for r in runners] == [True, True, False]
+    assert fast._FUSED_MODELS == 2
+    with torch.inference_mode():
+        torch.testing.assert_close(runners[2](x), _net(2)(x), rtol=1e-5, atol=1e-6)

@@ -74,6 +74,8 @@ __all__ = [
     "FusedChunks",
     "ONEDNN_FUSION",
     "FUSED_ROWS",
+    "FUSE_AFTER_ROWS",
+    "MAX_FUSED_MODELS",
     "parallel_gradients",
 ]
 
@@ -589,7 +591,7 @@ def frozen(
             return entry.module
         key = (tuple(x.shape[1:]), x.dtype)
         if key not in entry.jit:
-            entry.jit[key] = _script(entry.source, x)
+            entry.jit[key] = _script(entry.source, x, entry.rows)
         scripted = entry.jit[key]
         return entry.module if scripted is None else scripted
 
@@ -602,9 +604,10 @@ def _trace_frozen(source: nn.Module, x: torch.Tensor) -> Any:
         return torch.jit.freeze(torch.jit.trace(source, example, check_trace=False))
 
 
-def _script(source: nn.Module, x: torch.Tensor) -> Any:
+def _script(source: nn.Module, x: torch.Tensor, rows: int = 0) -> Any:
     """Traced, frozen and inference-optimised TorchScript of ``source`` (None if that fails),
-    run in oneDNN-Graph-fused chunks where that is available (:class:`FusedChunks`).
+    run in oneDNN-Graph-fused chunks where that is available (:class:`FusedChunks`; ``rows``:
+    how many rows the model has run already, counted towards :data:`FUSE_AFTER_ROWS`).
 
     If the process has switched oneDNN Graph on itself (``torch.jit.enable_onednn_fusion``),
     the frozen trace is returned as it is, for torch to fuse: oneDNN Graph cannot run a graph
@@ -614,12 +617,13 @@ def _script(source: nn.Module, x: torch.Tensor) -> Any:
         if torch.jit.onednn_fusion_enabled():
             return traced
         plain = torch.jit.optimize_for_inference(traced)
-        _warm(plain, _rows_like(x, min(len(x), 2)))  # optimised now, with the fusion off
+        with _FUSION_LOCK:  # optimised now, never while a fused graph compiles
+            _warm(plain, _rows_like(x, min(len(x), 2)))
     except Exception:  # noqa: BLE001 - any failure: keep the eager folded copy
         return None
     if not ONEDNN_FUSION or x.dtype != torch.float32:
         return plain
-    return FusedChunks(source, plain, x)
+    return FusedChunks(source, plain, rows=rows)
 
 
 #: Whether :func:`_script` runs float32 TorchScript copies through oneDNN Graph
@@ -629,8 +633,21 @@ def _script(source: nn.Module, x: torch.Tensor) -> Any:
 ONEDNN_FUSION: bool = True
 #: The chunk sizes of the fused graphs, largest first: oneDNN Graph compiles kernels for fixed
 #: shapes, so a block of rows runs as chunks of these sizes and its remainder (fewer rows than
-#: the smallest) through the plain ``optimize_for_inference`` graph.
-FUSED_ROWS: tuple[int, ...] = (32, 16, 8)
+#: the smallest) through the plain ``optimize_for_inference`` graph. One size: as fast as
+#: (32, 16, 8) on the benchmark (its blocks are 64 rows), a third of the compiling and memory.
+FUSED_ROWS: tuple[int, ...] = (32,)
+#: At most this many models get fused graphs per process. torch does not free a oneDNN Graph
+#: kernel when its graph is dropped (measured: ~19 MiB per rebuilt copy of the benchmark's
+#: student, whatever oneDNN's cache settings), so a model copy rebuilt again and again (a
+#: student refitted and rescored, a service reloading detectors) would grow the process
+#: without bound; past the cap, new copies run the plain graph.
+MAX_FUSED_MODELS: int = 6
+_FUSED_MODELS = 0
+#: The fused graphs are compiled once the model has run this many rows (~0.5 s of compiling
+#: per model, about what 2 000 rows of the ResNet-20 teacher cost: the ski-rental rule again),
+#: so a model whose copy is rebuilt often (a student between fits) or that runs few rows
+#: never pays for them.
+FUSE_AFTER_ROWS: int = 2048
 _FUSION_LOCK = threading.Lock()
 
 
@@ -669,10 +686,11 @@ class FusedChunks:
 
     oneDNN Graph (``torch.jit.enable_onednn_fusion``) fuses convolutions with their adds and
     activations into kernels compiled for the input's exact shape. Each chunk size of
-    :data:`FUSED_ROWS` gets its own frozen trace, compiled when this object is built (rows
-    like ``x``'s) and checked against ``plain`` on the same rows (outputs within
-    ``rtol=1e-4``): a graph that cannot be built or disagrees is never used. Rows left over
-    run through ``plain``, an already optimised graph. Needs a model whose eval forward
+    :data:`FUSED_ROWS` gets its own frozen trace, compiled once :data:`FUSE_AFTER_ROWS` rows
+    have run (``rows`` already, then through ``plain``; or by :meth:`build`) and checked
+    against ``plain`` on the same rows (outputs within ``rtol=1e-4``): a graph that cannot be
+    built or disagrees is never used. Rows left over run through ``plain``, an already
+    optimised graph. Needs a model whose eval forward
     treats rows independently, as every model on this path does.
 
     torch's fusion switch is global: it is on only while the chunk graphs compile, under a
@@ -682,20 +700,33 @@ class FusedChunks:
     Examples
     --------
     >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten()).eval()
-    >>> x = torch.rand(10, 3, 6, 6)
+    >>> x = torch.rand(40, 3, 6, 6)
     >>> plain = torch.jit.optimize_for_inference(_trace_frozen(net, x))
+    >>> runner = FusedChunks(net, plain, rows=FUSE_AFTER_ROWS)  # compiled at the first call
     >>> with torch.inference_mode():
-    ...     out = FusedChunks(net, plain, x)(x)
-    >>> bool(torch.allclose(out, net(x), atol=1e-6))
-    True
+    ...     out = runner(x)
+    >>> bool(torch.allclose(out, net(x), atol=1e-6)), sorted(runner.graphs) == list(FUSED_ROWS)
+    (True, True)
     """
 
-    def __init__(self, source: nn.Module, plain: Any, x: torch.Tensor) -> None:
+    def __init__(self, source: nn.Module, plain: Any, rows: int = 0) -> None:
+        self.source = source
         self.plain = plain
-        self.graphs: dict[int, Any] = {}
+        self.rows = rows
+        self.graphs: dict[int, Any] | None = None
+
+    def build(self, x: torch.Tensor) -> None:
+        """Compile the chunk graphs now (from rows like ``x``'s), if not done yet and fewer
+        than :data:`MAX_FUSED_MODELS` models have them."""
+        global _FUSED_MODELS
         with _FUSION_LOCK:
-            for rows in FUSED_ROWS:
-                self.graphs[rows] = self._build(source, _rows_like(x, rows))
+            if self.graphs is not None:
+                return
+            if _FUSED_MODELS >= MAX_FUSED_MODELS:
+                self.graphs = {}
+                return
+            _FUSED_MODELS += 1
+            self.graphs = {n: self._build(self.source, _rows_like(x, n)) for n in FUSED_ROWS}
 
     def _build(self, source: nn.Module, example: torch.Tensor) -> Any:
         """The fused graph for ``len(example)`` rows, or None (then the plain graph runs)."""
@@ -714,11 +745,17 @@ class FusedChunks:
             return None
 
     def __call__(self, x: torch.Tensor) -> Any:
+        if self.graphs is None:
+            self.rows += len(x)  # approximate under threads: only the moment of building
+            if self.rows < FUSE_AFTER_ROWS or len(x) < min(FUSED_ROWS):
+                return self.plain(x)
+            self.build(x)
+        graphs = self.graphs if self.graphs is not None else {}
         x = x.contiguous()  # the fused kernels were compiled for contiguous rows
         outs: list[Any] = []
         start, n = 0, len(x)
         for rows in FUSED_ROWS:
-            graph = self.graphs.get(rows)
+            graph = graphs.get(rows)
             while graph is not None and n - start >= rows:
                 outs.append(graph(x[start : start + rows]))
                 start += rows
