@@ -6,6 +6,10 @@ ResNet-20 teacher and student, ``ModelDistillation(..., optimize=True)``: the fi
 see the same machine load; the scores of the two settings are compared at the end.
 
     .venv/bin/python benchmarks/bench_fusion.py --pairs 3
+    .venv/bin/python benchmarks/bench_fusion.py --single-thread   # the graphs alone, one thread
+
+``--single-thread`` times, on one thread, each model's ``optimize_for_inference`` graph
+against its oneDNN Graph one at a fixed number of rows (median of 15 calls after 4).
 """
 
 from __future__ import annotations
@@ -50,14 +54,61 @@ def child(mode: str, out: str) -> None:
     print(json.dumps({"mode": mode, "first_s": first, "rate": len(x) / sorted(times)[1]}))
 
 
+def single_thread(sizes: tuple[int, ...] = (16, 32, 64)) -> None:
+    import warnings
+
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from user_models import UserResNet20, UserStudent
+
+    from distilldetect.backends.torch.fast import _trace_frozen, traced_folded_copy
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+
+    def rate(graph, x) -> float:
+        with torch.inference_mode():
+            for _ in range(4):
+                graph(x)
+            times = []
+            for _ in range(15):
+                start = time.perf_counter()
+                graph(x)
+                times.append(time.perf_counter() - start)
+        return len(x) / sorted(times)[len(times) // 2]
+
+    torch.manual_seed(0)
+    for name, model in (("teacher", UserResNet20()), ("student", UserStudent())):
+        copy, _ = traced_folded_copy(model.eval(), compose=True)
+        for rows in sizes:
+            x = torch.rand(rows, 3, 32, 32)
+            plain = torch.jit.optimize_for_inference(_trace_frozen(copy, x))
+            before = torch.jit.onednn_fusion_enabled()
+            torch.jit.enable_onednn_fusion(True)
+            try:
+                fused = _trace_frozen(copy, x)
+                fused_rate = rate(fused, x)
+            finally:
+                torch.jit.enable_onednn_fusion(before)
+            print(
+                f"{name} {rows:3d} rows, one thread: optimize_for_inference "
+                f"{rate(plain, x):6.0f} rows/s, oneDNN Graph {fused_rate:6.0f} rows/s"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=3, help="off/on pairs to run")
+    parser.add_argument("--single-thread", action="store_true", help="the graphs alone")
     parser.add_argument("--child", choices=["on", "off"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.out)
+        return
+    if args.single_thread:
+        single_thread()
         return
     rates: dict[str, list[float]] = {"off": [], "on": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -627,10 +627,9 @@ def _script(source: nn.Module, x: torch.Tensor, rows: int = 0) -> Any:
 
 
 #: Whether :func:`_script` runs float32 TorchScript copies through oneDNN Graph
-#: (``torch.jit.enable_onednn_fusion``) in fixed-size chunks. Measured on the benchmark's
-#: ResNet-20 (one thread, AMD EPYC with AVX-512): 1 200-1 250 rows/s against 930-1 050 for
-#: ``optimize_for_inference`` alone; the student 6 100-7 600 against 2 100-5 900.
-ONEDNN_FUSION: bool = True
+#: (``torch.jit.enable_onednn_fusion``) in fixed-size chunks (``benchmarks/bench_fusion.py``
+#: measures it). The environment variable ``DISTILLDETECT_ONEDNN_FUSION=0`` switches it off.
+ONEDNN_FUSION: bool = os.environ.get("DISTILLDETECT_ONEDNN_FUSION", "1") != "0"
 #: The chunk sizes of the fused graphs, largest first: oneDNN Graph compiles kernels for fixed
 #: shapes, so a block of rows runs as chunks of these sizes and its remainder (fewer rows than
 #: the smallest) through the plain ``optimize_for_inference`` graph. One size: as fast as
