@@ -181,3 +181,17 @@ def test_at_most_max_fused_models_per_process(monkeypatch):
     assert fast._FUSED_MODELS == 2
     with torch.inference_mode():
         torch.testing.assert_close(runners[2](x), _net(2)(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("value, expected", [("0", "False"), ("1", "True"), (None, "True")])
+def test_the_environment_variable_switches_the_fusion(value, expected):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "DISTILLDETECT_ONEDNN_FUSION"}
+    if value is not None:
+        env["DISTILLDETECT_ONEDNN_FUSION"] = value
+    code = "from distilldetect.backends.torch import fast; print(fast.ONEDNN_FUSION)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == expected, out.stderr
