@@ -143,20 +143,62 @@ def test_concurrent_calls_agree_with_the_model():
         np.testing.assert_allclose(outs[0], net(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_the_fast_path_uses_fused_chunks_for_an_opted_in_model():
+def test_the_fast_path_uses_fused_chunks_for_an_opted_in_model(monkeypatch):
     """``optimize=True`` scripts the model at the first batch: float32 gets the fused chunks,
     and the switch off (``ONEDNN_FUSION = False``) gives the plain graph."""
+    monkeypatch.setattr(fast, "ONEDNN_FUSION", True)
     net, x = _net(), torch.rand(48, 3, 12, 12)
     with torch.inference_mode():
-        assert isinstance(fast.frozen(net, x, optimize=True), fast.FusedChunks)
+        runner = fast.frozen(net, x, optimize=True)
+    assert isinstance(runner, fast.FusedChunks) and runner.rows == 0  # this batch: at its call
+    monkeypatch.setattr(fast, "ONEDNN_FUSION", False)
     other = _net(2)
-    try:
-        fast.ONEDNN_FUSION = False
-        with torch.inference_mode():
-            scripted = fast.frozen(other, x, optimize=True)
-    finally:
-        fast.ONEDNN_FUSION = True
+    with torch.inference_mode():
+        scripted = fast.frozen(other, x, optimize=True)
     assert isinstance(scripted, torch.jit.ScriptModule)
+
+
+def test_an_empty_first_batch_does_not_turn_the_script_off():
+    net = _net(3)
+    empty, x = torch.rand(0, 3, 12, 12), torch.rand(40, 3, 12, 12)
+    with torch.inference_mode():
+        assert fast.frozen(net, empty, optimize=True)(empty).shape == (0, 5)
+        assert isinstance(fast.frozen(net, x, optimize=True), fast.FusedChunks)
+
+
+def test_a_fork_does_not_inherit_a_compile_in_progress():
+    """The child of a fork made while a chunk graph compiles gets the switch off and the lock
+    free (the fork waits for the compile)."""
+    import os
+
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork here")
+    net, x = _net(), torch.rand(40, 3, 12, 12)
+    runner = fast.FusedChunks(net, _plain(net, x))
+    started = threading.Event()
+    real = fast._trace_frozen
+
+    def slow(source, xb):
+        started.set()
+        import time
+
+        time.sleep(0.5)  # the switch is on here
+        return real(source, xb)
+
+    fast._trace_frozen = slow
+    try:
+        builder = threading.Thread(target=runner.build, args=(x,))
+        builder.start()
+        assert started.wait(30)
+        pid = os.fork()
+        if pid == 0:  # the child: report and leave at once
+            ok = (not torch.jit.onednn_fusion_enabled()) and fast._FUSION_LOCK.acquire(timeout=5)
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        builder.join(timeout=60)
+    finally:
+        fast._trace_frozen = real
+    assert os.WEXITSTATUS(status) == 0
 
 
 def test_fused_graphs_wait_for_enough_rows():

@@ -1,7 +1,8 @@
 """Faster CPU forward passes and training steps for torch models whose code is known.
 
-Two measured optimisations, both exact up to float rounding, used by
-:mod:`distilldetect.backends.torch.runtime` only where they are safe:
+Measured optimisations, all exact up to float rounding, used by
+:mod:`distilldetect.backends.torch.runtime` only where they are safe (a third, oneDNN Graph
+in fixed-size chunks for the TorchScript copies, is :class:`FusedChunks`):
 
 * **A frozen, batch-norm-folded copy of a teacher.** In eval mode ``BatchNorm(conv(x))`` is an
   affine map of ``conv(x)``; folding it into the convolution's weights and bias removes the
@@ -584,14 +585,14 @@ def frozen(
         if entry.module is None:
             return model
         after = 0 if optimize else JIT_AFTER_ROWS
-        if entry.source is None or x is None or after is None:
+        if entry.source is None or x is None or after is None or len(x) == 0:
             return entry.module
         entry.rows += len(x)
         if entry.rows < after:
             return entry.module
         key = (tuple(x.shape[1:]), x.dtype)
         if key not in entry.jit:
-            entry.jit[key] = _script(entry.source, x, entry.rows)
+            entry.jit[key] = _script(entry.source, x, entry.rows - len(x))
         scripted = entry.jit[key]
         return entry.module if scripted is None else scripted
 
@@ -614,11 +615,14 @@ def _script(source: nn.Module, x: torch.Tensor, rows: int = 0) -> Any:
     that ``optimize_for_inference`` has already converted."""
     try:
         traced = _trace_frozen(source, x)
-        if torch.jit.onednn_fusion_enabled():
-            return traced
-        plain = torch.jit.optimize_for_inference(traced)
-        with _FUSION_LOCK:  # optimised now, never while a fused graph compiles
-            _warm(plain, _rows_like(x, min(len(x), 2)))
+        # under the lock: this module switches the fusion on only while holding it, so what
+        # is read here is the process's own setting; the plain graph is optimised now, never
+        # while a fused graph compiles
+        with _FUSION_LOCK:
+            if torch.jit.onednn_fusion_enabled():
+                return traced
+            plain = torch.jit.optimize_for_inference(traced)
+            _warm(plain, _rows_like(x, 2))
     except Exception:  # noqa: BLE001 - any failure: keep the eager folded copy
         return None
     if not ONEDNN_FUSION or x.dtype != torch.float32:
@@ -642,12 +646,18 @@ FUSED_ROWS: tuple[int, ...] = (32,)
 #: without bound; past the cap, new copies run the plain graph.
 MAX_FUSED_MODELS: int = 6
 _FUSED_MODELS = 0
-#: The fused graphs are compiled once the model has run this many rows (~0.5 s of compiling
-#: per model, about what 2 000 rows of the ResNet-20 teacher cost: the ski-rental rule again),
-#: so a model whose copy is rebuilt often (a student between fits) or that runs few rows
-#: never pays for them.
+#: The fused graphs are compiled once the model has run this many rows (0.15-0.25 s of
+#: compiling per model, the time of a few hundred ResNet-20 rows: the ski-rental rule, with
+#: room), so a model whose copy is rebuilt often (a student between fits) or that runs few
+#: rows never pays for them.
 FUSE_AFTER_ROWS: int = 2048
 _FUSION_LOCK = threading.Lock()
+if hasattr(os, "register_at_fork"):  # a fork waits for a compile: the child's switch is off
+    os.register_at_fork(
+        before=_FUSION_LOCK.acquire,
+        after_in_parent=_FUSION_LOCK.release,
+        after_in_child=_FUSION_LOCK.release,
+    )
 
 
 def _rows_like(x: torch.Tensor, rows: int) -> torch.Tensor:
@@ -692,9 +702,12 @@ class FusedChunks:
     optimised graph. Needs a model whose eval forward
     treats rows independently, as every model on this path does.
 
-    torch's fusion switch is global: it is on only while the chunk graphs compile, under a
-    lock, and restored after; compiled graphs keep their kernels. (TorchScript that another
-    thread optimises in that window — its second call — is fused too; numerically the same.)
+    torch's fusion switch is global: it is on only while the chunk graphs compile (about
+    0.2 s per model, once), under a lock, and restored after; compiled graphs keep their
+    kernels. TorchScript of the process's own that another thread optimises in that window
+    (its second call) is fused too, and an ``optimize_for_inference`` graph fails there:
+    a process running such graphs of its own beside distilldetect's fast path should set
+    ``DISTILLDETECT_ONEDNN_FUSION=0``.
 
     Examples
     --------
@@ -724,8 +737,10 @@ class FusedChunks:
             if _FUSED_MODELS >= MAX_FUSED_MODELS:
                 self.graphs = {}
                 return
-            _FUSED_MODELS += 1
-            self.graphs = {n: self._build(self.source, _rows_like(x, n)) for n in FUSED_ROWS}
+            graphs = {n: self._build(self.source, _rows_like(x, n)) for n in FUSED_ROWS}
+            if any(g is not None for g in graphs.values()):
+                _FUSED_MODELS += 1  # a kept graph holds kernels torch will not free
+            self.graphs = graphs
 
     def _build(self, source: nn.Module, example: torch.Tensor) -> Any:
         """The fused graph for ``len(example)`` rows, or None (then the plain graph runs)."""
