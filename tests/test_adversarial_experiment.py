@@ -238,6 +238,12 @@ def test_keras_teacher_takes_the_gradient_attacks_and_adaptive_needs_keras_stude
     )
     adv.preflight(dataclasses.replace(given, defences=["ensemble", "robust"]))
     adv.preflight(dataclasses.replace(given, n_students=0, defences=[]))
+    # the robust defence's white-box attack is adaptive too: checked without --attacks adaptive
+    robust = adv.quick_adversarial_config(
+        attacks=["pgd"], defences=["robust"], out=str(tmp_path / "o4")
+    )
+    with pytest.raises(ValueError, match="its students must be too"):
+        adv.preflight(robust, teacher=teacher)
 
 
 @needs_data

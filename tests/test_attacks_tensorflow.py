@@ -160,3 +160,18 @@ def test_a_robust_keras_student_is_much_harder_to_move(twins, attack_digits):
         agree = (predict_batch(x, student).argmax(1) == predict_batch(x, k).argmax(1)).mean()
         assert agree > 0.85, (name, agree)
     assert moved["robust"] < 0.5 * moved["plain"], moved
+
+
+def test_keras_fresh_copy_redraws_initializers_with_seeds_of_their_own():
+    from distilldetect.backends import get_backend
+
+    net = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(3, kernel_initializer=keras.initializers.GlorotUniform(seed=1)),
+        ]
+    )
+    backend = get_backend("tensorflow")
+    a, b, c = (backend.fresh_copy(net, s) for s in (0, 0, 1))
+    assert np.array_equal(a.get_weights()[0], b.get_weights()[0])
+    assert not np.array_equal(a.get_weights()[0], c.get_weights()[0])

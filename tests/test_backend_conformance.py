@@ -288,3 +288,25 @@ def test_fresh_copy_refuses_weights_it_cannot_draw():
 
     with pytest.raises(ValueError, match=r"parameter\(s\) \['scale'\] belong to no sub-module"):
         get_backend("pytorch").fresh_copy(Scaled(), 0)
+
+
+def test_fresh_copy_follows_a_zoo_model_changed_after_it_was_built():
+    torch = pytest.importorskip("torch")
+
+    model = make("pytorch", 0)  # a zoo mlp, builder_config kept
+    model.head = torch.nn.Sequential(torch.nn.Linear(10, 7), torch.nn.Softmax(-1))
+    copy = get_backend("pytorch").fresh_copy(model, 1)
+    assert repr(copy) == repr(model)  # the model as it is, not as the zoo built it
+    wide = make("pytorch", 0).double()
+    assert next(get_backend("pytorch").fresh_copy(wide, 1).parameters()).dtype == torch.float64
+
+
+def test_fresh_copy_refuses_a_parameter_behind_a_reparametrisation():
+    torch = pytest.importorskip("torch")
+
+    net = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.utils.spectral_norm(torch.nn.Linear(64, 10)),
+        torch.nn.Softmax(-1),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="weight_orig"):
+        get_backend("pytorch").fresh_copy(net, 0)

@@ -98,15 +98,16 @@ def _check_clip(clip: Any) -> tuple[float, float] | None:
 
 
 def _gradient_backend(model: Any, attack: str, name: str = "model") -> Any:
-    """The backend with gradients for ``model`` and ``attack``; TypeError naming the attacks
-    that would work if it has none (a callable) or lacks this one."""
+    """The backend with gradients for ``model`` (torch or tf.keras); TypeError naming the
+    attacks that would work if it has none (a black-box callable)."""
     framework = framework_of(model)
     if framework in ("pytorch", "tensorflow"):
         return get_backend(framework)
     if framework == "callable":
         raise TypeError(
             f"{attack} needs the gradients of {name}, but {name} is a black-box callable; "
-            f"the gradient attacks {list(GRADIENT_ATTACKS)} need a torch.nn.Module, the "
+            f"the gradient attacks {list(GRADIENT_ATTACKS)} need a torch.nn.Module or a "
+            "tf.keras model, the "
             f"query-only attacks {list(QUERY_ATTACKS)} (simba, square) work on any callable"
         )
     raise TypeError(

@@ -275,7 +275,8 @@ def _check_teacher_gradients(cfg: AdversarialConfig, teacher: Any, student: Any 
                 "(--attacks blackbox)"
             )
         return
-    if "adaptive" not in cfg.attacks:
+    robust = "robust" in cfg.defences  # its white-box attack is the adaptive PGD too
+    if "adaptive" not in cfg.attacks and not robust:
         return
     students = "pytorch" if student is None else framework_of(student)
     if students != framework:
@@ -284,6 +285,17 @@ def _check_teacher_gradients(cfg: AdversarialConfig, teacher: Any, student: Any 
             f"the teacher is a {framework} model, so its students must be too (the detector's "
             f"student is a {students} model; the defences' students are copies of it)"
         )
+    builds = robust or (cfg.n_students > 0 and "ensemble" in cfg.defences)
+    if builds and student is not None:
+        from ..backends import get_backend
+
+        try:  # the defences' students are fresh copies of it: find out now, not after the attacks
+            get_backend(framework).fresh_copy(student, 0)
+        except ValueError as err:
+            raise ValueError(
+                f"the defences build students like the detector's: {err} (or --students 0 "
+                "--defence '')"
+            ) from None
 
 
 def preflight(cfg: AdversarialConfig, teacher: Any = None) -> None:
@@ -378,11 +390,15 @@ class _Models:
 
     def architecture(self) -> dict[str, Any]:
         """The students' architecture as JSON data (``results.json``)."""
-        if self.student_spec is not None:
-            return {"name": self.student_spec[0], "kwargs": self.student_spec[1]}
         from ..backends import framework_of
 
         student = self.ad.distilled_model
+        if self.student_spec is not None:
+            return {
+                "name": self.student_spec[0],
+                "framework": framework_of(student),
+                "kwargs": self.student_spec[1],
+            }
         return {
             "name": f"fresh copies of the detector's student ({type(student).__name__})",
             "framework": framework_of(student),

@@ -309,12 +309,28 @@ def build(name: str, **kwargs: Any) -> keras.Model:
     return BUILDERS[name](**kwargs)
 
 
+def _reseed(config: Any, rng: Any) -> Any:
+    """A layer config whose serialised objects with a fixed ``seed`` (initializers) get one
+    drawn from ``rng`` instead."""
+    if isinstance(config, list):
+        return [_reseed(v, rng) for v in config]
+    if not isinstance(config, dict):
+        return config
+    out = {k: _reseed(v, rng) for k, v in config.items()}
+    inner = out.get("config")
+    if "class_name" in out and isinstance(inner, dict) and inner.get("seed") is not None:
+        out["config"] = {**inner, "seed": int(rng.integers(2**31 - 1))}
+    return out
+
+
 def fresh_copy(model: Any, seed: int) -> Any:
     """A new model of ``model``'s architecture with weights drawn afresh from ``seed``.
 
     A zoo model is rebuilt from its ``builder_config``; any other model is cloned by Keras'
     ``clone_model`` (new layers, new weights from their initializers) after
-    ``keras.utils.set_random_seed(seed)``. ``model`` is not touched.
+    ``keras.utils.set_random_seed(seed)`` (which seeds Python's, NumPy's and TensorFlow's
+    global generators); initializers with a fixed seed of their own get seeds drawn from
+    ``seed``, so different seeds always give different weights. ``model`` is not touched.
 
     Raises
     ------
@@ -331,14 +347,21 @@ def fresh_copy(model: Any, seed: int) -> Any:
     >>> bool(np.array_equal(a.get_weights()[0], net.get_weights()[0]))
     False
     """
+    import numpy as np
+
     from .runtime import _keras_module
 
     config = getattr(model, "builder_config", None)
     keras.utils.set_random_seed(int(seed))
     if isinstance(config, dict) and config.get("name") in BUILDERS:
         return build(config["name"], **dict(config.get("kwargs", {})))
+    rng = np.random.default_rng(int(seed))
+
+    def reseeded(layer: Any) -> Any:  # initializers with a seed of their own draw from ours
+        return layer.__class__.from_config(_reseed(layer.get_config(), rng))
+
     try:
-        return _keras_module(model).models.clone_model(model)
+        return _keras_module(model).models.clone_model(model, clone_function=reseeded)
     except Exception as err:  # noqa: BLE001 - Keras raises many types here
         raise ValueError(
             f"cannot copy the architecture of {type(model).__name__} ({type(err).__name__}: "

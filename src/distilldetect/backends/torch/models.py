@@ -248,15 +248,17 @@ def build(name: str, **kwargs: Any) -> nn.Module:
 def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
     """A new model of ``model``'s architecture with weights drawn afresh from ``seed``.
 
-    A zoo model is rebuilt from its ``builder_config``; any other module is deep-copied and
-    every sub-module's ``reset_parameters()`` (torch's own initialisation, batch-norm running
-    statistics included) runs under ``torch.manual_seed(seed)``. ``model`` is not touched.
+    A zoo model is rebuilt from its ``builder_config`` (if it still is that model; on its
+    device and dtype); any other module is deep-copied and every sub-module's
+    ``reset_parameters()`` (torch's own initialisation, batch-norm running statistics
+    included) runs under ``torch.manual_seed(seed)``, which seeds torch's global generator.
+    ``model`` is not touched.
 
     Raises
     ------
     ValueError
-        If a parameter belongs to no sub-module with ``reset_parameters()`` (its initial
-        values would be copied, not drawn): the message names it.
+        If a parameter is not redrawn by a sub-module's ``reset_parameters()`` (its values
+        would be copied, not drawn; the message names it), or the module cannot be copied.
 
     Examples
     --------
@@ -268,17 +270,31 @@ def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
     import copy
 
     config = getattr(model, "builder_config", None)
+    first = next(model.parameters(), None)
     torch.manual_seed(int(seed))
     if isinstance(config, dict) and config.get("name") in BUILDERS:
-        return build(config["name"], **dict(config.get("kwargs", {})))
-    twin = copy.deepcopy(model)
-    drawn: set[int] = set()
+        rebuilt = build(config["name"], **dict(config.get("kwargs", {})))
+        shapes = [(n, p.shape) for n, p in model.named_parameters()]
+        if repr(rebuilt) == repr(model) and shapes == [
+            (n, p.shape) for n, p in rebuilt.named_parameters()
+        ]:  # still the zoo's model (not changed after it was built)
+            return rebuilt if first is None else rebuilt.to(device=first.device, dtype=first.dtype)
+        torch.manual_seed(int(seed))
+    try:
+        twin = copy.deepcopy(model)
+    except Exception as err:  # noqa: BLE001 - whatever deepcopy meets in a user's module
+        raise ValueError(
+            f"cannot copy a {type(model).__name__} ({type(err).__name__}: {err}); build the "
+            "students with your own code instead"
+        ) from err
+    versions = {id(p): p._version for p in twin.parameters()}
     for module in twin.modules():
         reset = getattr(module, "reset_parameters", None)
         if callable(reset):
             reset()
-            drawn.update(id(p) for p in module.parameters(recurse=False))
-    missed = [name for name, p in twin.named_parameters() if id(p) not in drawn]
+    # drawn = written in place by a reset (a parameter behind a reparametrisation hook, e.g.
+    # spectral_norm's weight_orig, is not: the reset initialises the computed weight)
+    missed = [name for name, p in twin.named_parameters() if p._version == versions[id(p)]]
     if missed:
         raise ValueError(
             f"cannot draw new weights for a {type(model).__name__}: parameter(s) "
