@@ -237,3 +237,17 @@ def test_the_environment_variable_switches_the_fusion(value, expected):
     code = "from distilldetect.backends.torch import fast; print(fast.ONEDNN_FUSION)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == expected, out.stderr
+
+
+def test_a_graph_that_onednn_graph_did_not_fuse_is_not_used(monkeypatch):
+    """Where oneDNN Graph fuses nothing, the 'fused' graph is a bare frozen trace, slower than
+    the optimize_for_inference graph: it is dropped."""
+    net, x = _net(), torch.rand(40, 3, 12, 12)
+    assert fast._was_fused() in (True, False)
+    runner = fast.FusedChunks(net, _plain(net, x))
+    monkeypatch.setattr(fast, "_was_fused", lambda: False)
+    runner.build(x)
+    assert runner.graphs and all(g is None for g in runner.graphs.values())
+    assert fast._FUSED_MODELS == 0  # nothing kept, nothing counted
+    with torch.inference_mode():
+        torch.testing.assert_close(runner(x), net(x), rtol=1e-5, atol=1e-6)

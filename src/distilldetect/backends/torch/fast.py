@@ -675,6 +675,14 @@ def _warm(graph: Any, example: torch.Tensor) -> Any:
     return out
 
 
+def _was_fused() -> bool:
+    """Whether the graph this thread last ran optimised holds a oneDNN Graph fusion group."""
+    try:
+        return "prim::oneDNNFusionGroup" in str(torch.jit.last_executed_optimized_graph())
+    except Exception:  # noqa: BLE001 - no such introspection in this torch: assume not
+        return False
+
+
 def _close(got: Any, expected: Any) -> bool:
     if isinstance(expected, torch.Tensor):
         if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
@@ -698,7 +706,7 @@ class FusedChunks:
     :data:`FUSED_ROWS` gets its own frozen trace, compiled once :data:`FUSE_AFTER_ROWS` rows
     have run (``rows`` already, then through ``plain``; or by :meth:`build`) and checked
     against ``plain`` on the same rows (outputs within ``rtol=1e-4``): a graph that cannot be
-    built or disagrees is never used. Rows left over run through ``plain``, an already
+    built, that oneDNN Graph did not fuse, or that disagrees is never used. Rows left over run through ``plain``, an already
     optimised graph. Needs a model whose eval forward
     treats rows independently, as every model on this path does.
 
@@ -750,8 +758,11 @@ class FusedChunks:
             try:
                 graph = _trace_frozen(source, example)
                 out = _warm(graph, example)
+                fused = _was_fused()
             finally:
                 torch.jit.enable_onednn_fusion(before)
+            if not fused:  # no oneDNN Graph here: a frozen trace is slower than ``plain``
+                return None
             with torch.inference_mode():
                 expected = self.plain(example)
             return graph if _close(out, expected) else None
