@@ -330,8 +330,15 @@ def adversarial_augment(
         x = check_array(x, "x", min_ndim=2)
         if x.dtype.kind != "f":
             raise TypeError(f"x must be a floating array (the model's input), got dtype {x.dtype}")
-        return backend.robust.adversarial_perturb(
-            student, x, own if own is not None else rng, eps, steps, step_size, p_adv, clip
-        )
+        draw = own if own is not None else rng
+        rows = np.flatnonzero(draw.random(len(x)) < p_adv)  # which rows move, and from where
+        start = draw.uniform(-eps, eps, size=(len(rows),) + x.shape[1:])
+        out = np.array(x, copy=True)
+        if len(rows):
+            adv = backend.robust.adversarial_perturb(
+                student, x[rows], start, eps, steps, step_size, clip
+            )
+            out[rows] = adv.astype(x.dtype, copy=False)
+        return out
 
     return augment

@@ -706,8 +706,8 @@ class FusedChunks:
     :data:`FUSED_ROWS` gets its own frozen trace, compiled once :data:`FUSE_AFTER_ROWS` rows
     have run (``rows`` already, then through ``plain``; or by :meth:`build`) and checked
     against ``plain`` on the same rows (outputs within ``rtol=1e-4``): a graph that cannot be
-    built, that oneDNN Graph did not fuse, or that disagrees is never used. Rows left over run through ``plain``, an already
-    optimised graph. Needs a model whose eval forward
+    built, that oneDNN Graph did not fuse, or that disagrees is never used. Rows left over
+    run through ``plain``, an already optimised graph. Needs a model whose eval forward
     treats rows independently, as every model on this path does.
 
     torch's fusion switch is global: it is on only while the chunk graphs compile (about
